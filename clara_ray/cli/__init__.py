@@ -1,0 +1,1 @@
+"""The `clara-ray` command line, verb first like Clara's CLI."""

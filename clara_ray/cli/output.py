@@ -1,0 +1,51 @@
+"""Printing results for people (tables) and for scripts (``--json``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_JOB_NOT_HEALTHY",
+    "EXIT_NOT_RUNNING",
+    "EXIT_USAGE",
+    "emit",
+    "fmt_time",
+    "progress_bar",
+    "table",
+]
+
+EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_JOB_NOT_HEALTHY = 1, 2, 3, 4
+
+
+def fmt_time(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
+    body = [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in body]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def emit(as_json: bool, data: Any, text: str) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        print(text)
+
+
+def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
+    """A byte progress bar on stderr; silent for --json or when stderr is not a terminal."""
+    return tqdm(
+        total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+        disable=not enabled or not sys.stderr.isatty(), file=sys.stderr, leave=False,
+    )

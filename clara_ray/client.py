@@ -1,0 +1,134 @@
+"""A driver-side client of the platform: the CLI, `clara_ray.run` and the HTTP API use it.
+
+It talks to the Core actor for state and to storage directly for bytes
+(uploads and downloads never pass through an actor).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayTaskError
+
+from clara_ray.core.model import JobRecord, JobState, PayloadRecord, PipelineRecord
+from clara_ray.errors import ClaraError, NotFoundError, PlatformNotRunningError
+from clara_ray.pipeline import load_pipeline
+from clara_ray.settings import Settings
+from clara_ray.storage import FileEntry, Storage
+
+__all__ = ["PlatformClient"]
+
+Progress = Callable[[int], None]
+
+
+class PlatformClient:
+    def __init__(self, settings: Settings, core: Any) -> None:
+        self.settings = settings
+        self.core = core
+        self.storage = Storage(settings.storage)
+
+    @classmethod
+    def connect(cls, settings: Settings) -> PlatformClient:
+        """Attach to the running platform named by ``settings`` (Ray must already be initialised)."""
+        from clara_ray.core.actor import CORE_ACTOR_NAME
+
+        try:
+            core = ray.get_actor(CORE_ACTOR_NAME, namespace=settings.ray.namespace)
+        except ValueError:
+            raise PlatformNotRunningError(
+                f"no Core actor '{CORE_ACTOR_NAME}' in Ray namespace '{settings.ray.namespace}'; "
+                "start the platform with `clara-ray up`"
+            ) from None
+        return cls(settings, core)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a Core method; a ClaraError raised in the Core is raised here as itself."""
+        try:
+            return ray.get(getattr(self.core, method).remote(*args, **kwargs))
+        except RayTaskError as exc:
+            if isinstance(exc.cause, ClaraError):
+                raise exc.cause from None
+            raise
+
+    # -- pipelines -------------------------------------------------------------
+    def create_pipeline(self, path: str | Path) -> PipelineRecord:
+        load_pipeline(path)  # validate here first: the same errors, with the local file name
+        return self.call("create_pipeline", Path(path).read_text(encoding="utf-8"), str(path))  # type: ignore[no-any-return]
+
+    def resolve_pipeline(self, ref: str) -> str:
+        """A pipeline name; a file path is created (or updated) first."""
+        path = Path(ref)
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            return self.create_pipeline(path).name
+        return self.call("get_pipeline", ref).name  # type: ignore[no-any-return]
+
+    # -- payloads --------------------------------------------------------------
+    def upload_payload(
+        self, source: str | Path, *, name: str | None = None, progress: Progress | None = None
+    ) -> PayloadRecord:
+        payload_id = uuid.uuid4().hex
+        self.storage.upload_payload(payload_id, Path(source), progress)
+        return self.call(  # type: ignore[no-any-return]
+            "register_payload", payload_id, name=name, source=str(Path(source).resolve())
+        )
+
+    def resolve_payload(self, ref: str, progress: Progress | None = None) -> str:
+        """A payload id; a folder is uploaded as a new payload first."""
+        if Path(ref).exists():
+            return self.upload_payload(ref, progress=progress).payload_id
+        return self.call("get_payload", ref).payload_id  # type: ignore[no-any-return]
+
+    # -- jobs ------------------------------------------------------------------
+    def create_job(
+        self,
+        pipeline: str,
+        payload: str,
+        *,
+        name: str | None = None,
+        priority: str = "normal",
+        parameters: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        start: bool = False,
+        progress: Progress | None = None,
+    ) -> JobRecord:
+        pipeline_name = self.resolve_pipeline(pipeline)
+        payload_id = self.resolve_payload(payload, progress)
+        job: JobRecord = self.call(
+            "create_job", uuid.uuid4().hex, pipeline_name, payload_id, name=name,
+            priority=priority, parameters=dict(parameters or {}), metadata=dict(metadata or {}),
+        )
+        if start:
+            job = self.call("start_job", job.job_id)
+        return job
+
+    def wait_job(self, job_id: str, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
+        """Describe the job once it has stopped; TimeoutError if it has not by ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            described: dict[str, Any] = self.call("describe_job", job_id)
+            if described["state"] == str(JobState.STOPPED):
+                return described
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {described['state']} after {timeout} s")
+            time.sleep(poll)
+
+    def logs(self, job_id: str, operator: str | None = None) -> dict[str, str]:
+        described = self.call("describe_job", job_id)
+        names = [op["name"] for op in described["operators"]]
+        if operator is not None and operator not in names:
+            raise NotFoundError(f"job {job_id} has no operator '{operator}' (operators: {', '.join(names)})")
+        return self.storage.read_logs(job_id, operator)
+
+    def download(
+        self, job_id: str, operator: str | None, dest: Path, progress: Progress | None = None
+    ) -> list[FileEntry]:
+        self.call("get_job", job_id)
+        return self.storage.download_results(job_id, operator, dest, progress)
+
+    def results_size(self, job_id: str, operator: str | None) -> int:
+        return sum(f.size for f in self.storage.list_results(job_id, operator))

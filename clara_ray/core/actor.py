@@ -1,0 +1,137 @@
+"""The Core as a detached, named Ray actor: a thin adapter over :class:`CoreService`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import ray
+
+from clara_ray.core.model import JobRecord
+from clara_ray.core.service import CoreService
+from clara_ray.core.store import SQLiteStore
+from clara_ray.runner.job_runner import JobRunner, RunnerConfig, runner_name
+from clara_ray.settings import Settings
+from clara_ray.storage import Storage
+
+__all__ = ["CORE_ACTOR_NAME", "CoreActor", "RayRunnerLauncher", "get_or_create_core"]
+
+CORE_ACTOR_NAME = "clara-core"
+_RECONCILE_SECONDS = 5.0
+_SERVICE_METHODS = (
+    "create_pipeline", "get_pipeline", "list_pipelines", "delete_pipeline",
+    "register_payload", "get_payload", "list_payloads", "delete_payload",
+    "create_job", "get_job", "describe_job", "list_jobs", "update_metadata", "start_job",
+    "cancel_job", "operator_started", "operator_stopped", "job_warning", "job_stopped",
+)
+log = logging.getLogger(__name__)
+
+
+class RayRunnerLauncher:
+    """Starts one detached :class:`JobRunner` actor per job, named after the job."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def launch(self, job: JobRecord) -> None:
+        config = RunnerConfig(
+            job_id=job.job_id,
+            job_name=job.name,
+            pipeline=job.pipeline,
+            definition=job.definition,
+            payload_id=job.payload_id,
+            parameters=job.parameters,
+            storage_uri=self.settings.storage,
+            namespace=self.settings.ray.namespace,
+            core_name=CORE_ACTOR_NAME,
+            report_retry_seconds=self.settings.core.report_retry_seconds,
+            default_operator_timeout=self.settings.core.default_operator_timeout,
+        )
+        runner = JobRunner.options(  # type: ignore[attr-defined]
+            name=runner_name(job.job_id),
+            namespace=self.settings.ray.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+        ).remote(config)
+        runner.run.remote()
+
+    def _handle(self, job_id: str) -> Any:
+        try:
+            return ray.get_actor(runner_name(job_id), namespace=self.settings.ray.namespace)
+        except ValueError:
+            return None
+
+    def is_alive(self, job_id: str) -> bool:
+        return self._handle(job_id) is not None
+
+    def cancel(self, job_id: str) -> None:
+        handle = self._handle(job_id)
+        if handle is not None:
+            handle.cancel.remote()
+
+
+class CoreActor:
+    """Reloads all state from the store in ``__init__``, so Ray may restart it at any time."""
+
+    def __init__(self, settings: Settings) -> None:
+        logging.basicConfig(level=settings.log_level)
+        self.settings = settings
+        self.service = CoreService(
+            SQLiteStore(settings.database),
+            Storage(settings.storage),
+            RayRunnerLauncher(settings),
+            max_concurrent_jobs=settings.core.max_concurrent_jobs,
+        )
+        self.service.recover()
+        self._stop = threading.Event()
+        threading.Thread(target=self._reconcile_loop, name="clara-core-reconcile", daemon=True).start()
+        log.info("Core started with state in %s", settings.database)
+
+    def _reconcile_loop(self) -> None:
+        while not self._stop.wait(_RECONCILE_SECONDS):
+            try:
+                self.service.recover()
+            except Exception:  # keep reconciling; a transient Ray error must not stop it
+                log.exception("Core reconcile failed")
+
+    def ping(self) -> dict[str, Any]:
+        return {
+            "database": str(self.settings.database),
+            "storage": self.settings.storage,
+            "max_concurrent_jobs": self.settings.core.max_concurrent_jobs,
+        }
+
+    def settings_dump(self) -> dict[str, Any]:
+        return self.settings.model_dump(mode="json")
+
+
+def _delegate(name: str) -> Any:
+    def method(self: CoreActor, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.service, name)(*args, **kwargs)
+
+    method.__name__ = name
+    method.__doc__ = getattr(CoreService, name).__doc__
+    return method
+
+
+for _name in _SERVICE_METHODS:
+    setattr(CoreActor, _name, _delegate(_name))
+
+CoreActorRemote = ray.remote(CoreActor)
+
+
+def get_or_create_core(settings: Settings) -> Any:
+    """The namespace's Core actor, created (detached, restartable) if absent."""
+    options: dict[str, Any] = {
+        "name": CORE_ACTOR_NAME,
+        "namespace": settings.ray.namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": -1,
+        "max_task_retries": -1,
+        "num_cpus": 0,
+    }
+    if any(k == "node:__internal_head__" for k in ray.cluster_resources()):
+        options["resources"] = {"node:__internal_head__": 0.001}
+    return CoreActorRemote.options(**options).remote(settings)

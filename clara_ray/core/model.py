@@ -1,0 +1,154 @@
+"""Job, payload and pipeline records, and the coded values of their lifecycle (as in Clara)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+__all__ = [
+    "JobPriority",
+    "JobRecord",
+    "JobState",
+    "JobStatus",
+    "OperatorRecord",
+    "PayloadRecord",
+    "PipelineRecord",
+]
+
+
+class _CodedValue(str, Enum):
+    """An enum that accepts its string form case-insensitively and prints as it."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> _CodedValue | None:
+        if isinstance(value, str):
+            for member in cls:
+                if member.value.lower() == value.lower():
+                    return member
+        return None
+
+    @classmethod
+    def parse(cls, value: str, what: str) -> _CodedValue:
+        try:
+            return cls(value)
+        except ValueError:
+            expected = ", ".join(m.value for m in cls)
+            raise ValueError(f"{what} {value!r} is not one of: {expected}") from None
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class JobState(_CodedValue):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    STOPPED = "Stopped"
+
+
+class JobStatus(_CodedValue):
+    HEALTHY = "Healthy"
+    FAULTED = "Faulted"
+    CANCELED = "Canceled"
+    EVICTED = "Evicted"
+    TIMEOUT = "Timeout"
+
+
+class JobPriority(_CodedValue):
+    LOWER = "lower"
+    NORMAL = "normal"
+    HIGHER = "higher"
+    IMMEDIATE = "immediate"
+
+    @property
+    def rank(self) -> int:
+        return list(JobPriority).index(self)
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Enum) else v) for k, v in asdict(obj).items()}
+
+
+@dataclass
+class PipelineRecord:
+    name: str
+    pipeline_id: str
+    definition: str
+    source: str
+    version: int
+    created_at: float
+    updated_at: float
+    description: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+
+@dataclass
+class PayloadRecord:
+    payload_id: str
+    files: int
+    bytes: int
+    created_at: float
+    name: str | None = None
+    source: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+
+@dataclass
+class OperatorRecord:
+    job_id: str
+    name: str
+    state: JobState = JobState.PENDING
+    status: JobStatus = JobStatus.HEALTHY
+    attempts: int = 0
+    started_at: float | None = None
+    ended_at: float | None = None
+    node_id: str | None = None
+    node_ip: str | None = None
+    gpu_ids: list[int] = field(default_factory=list)
+    message: str | None = None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**_plain(self), "duration": self.duration}
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    name: str
+    pipeline: str
+    definition: str
+    payload_id: str
+    priority: JobPriority = JobPriority.NORMAL
+    state: JobState = JobState.PENDING
+    status: JobStatus = JobStatus.HEALTHY
+    reason: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    created_at: float = 0.0
+    queued_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+    def to_dict(self, *, with_definition: bool = False) -> dict[str, Any]:
+        out = {**_plain(self), "duration": self.duration, "queued": self.queued_at is not None}
+        if not with_definition:
+            out.pop("definition")
+        return out

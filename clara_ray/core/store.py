@@ -1,0 +1,219 @@
+"""Persistence of Core's records behind a small interface; SQLite is the embedded default.
+
+Every write is one transaction, committed (WAL, ``synchronous=FULL``) before
+the method returns, so a Core that answered has persisted.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+from clara_ray.core.model import (
+    JobPriority,
+    JobRecord,
+    JobState,
+    JobStatus,
+    OperatorRecord,
+    PayloadRecord,
+    PipelineRecord,
+)
+
+__all__ = ["SQLiteStore", "Store"]
+
+
+class Store(Protocol):
+    def put_pipeline(self, rec: PipelineRecord) -> None: ...
+    def get_pipeline(self, name: str) -> PipelineRecord | None: ...
+    def list_pipelines(self) -> list[PipelineRecord]: ...
+    def delete_pipeline(self, name: str) -> bool: ...
+    def put_payload(self, rec: PayloadRecord) -> None: ...
+    def get_payload(self, payload_id: str) -> PayloadRecord | None: ...
+    def find_payload_by_name(self, name: str) -> PayloadRecord | None: ...
+    def list_payloads(self) -> list[PayloadRecord]: ...
+    def delete_payload(self, payload_id: str) -> bool: ...
+    def put_job(self, rec: JobRecord) -> None: ...
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+    def list_jobs(self, state: JobState | None = None, pipeline: str | None = None) -> list[JobRecord]: ...
+    def put_operator(self, rec: OperatorRecord) -> None: ...
+    def list_operators(self, job_id: str) -> list[OperatorRecord]: ...
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pipelines (
+    name TEXT PRIMARY KEY, pipeline_id TEXT NOT NULL, definition TEXT NOT NULL,
+    source TEXT NOT NULL, version INTEGER NOT NULL, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL, description TEXT);
+CREATE TABLE IF NOT EXISTS payloads (
+    payload_id TEXT PRIMARY KEY, name TEXT UNIQUE, files INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    created_at REAL NOT NULL, source TEXT, metadata TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT UNIQUE NOT NULL, name TEXT NOT NULL,
+    pipeline TEXT NOT NULL, definition TEXT NOT NULL, payload_id TEXT NOT NULL,
+    priority TEXT NOT NULL, state TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
+    parameters TEXT NOT NULL, metadata TEXT NOT NULL, warnings TEXT NOT NULL,
+    created_at REAL NOT NULL, queued_at REAL, started_at REAL, ended_at REAL);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS operators (
+    job_id TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, status TEXT NOT NULL,
+    attempts INTEGER NOT NULL, started_at REAL, ended_at REAL, node_id TEXT, node_ip TEXT,
+    gpu_ids TEXT NOT NULL, message TEXT, PRIMARY KEY (job_id, name));
+"""
+
+_JOB_COLUMNS = (
+    "job_id", "name", "pipeline", "definition", "payload_id", "priority", "state", "status",
+    "reason", "parameters", "metadata", "warnings", "created_at", "queued_at", "started_at",
+    "ended_at",
+)
+_OP_COLUMNS = (
+    "job_id", "name", "state", "status", "attempts", "started_at", "ended_at", "node_id",
+    "node_ip", "gpu_ids", "message",
+)
+
+
+class SQLiteStore:
+    """The embedded store: one SQLite file, safe across process kills."""
+
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(sql, params)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return cur.rowcount
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # -- pipelines -------------------------------------------------------------
+    def put_pipeline(self, rec: PipelineRecord) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO pipelines VALUES (?,?,?,?,?,?,?,?)",
+            (rec.name, rec.pipeline_id, rec.definition, rec.source, rec.version,
+             rec.created_at, rec.updated_at, rec.description),
+        )
+
+    def get_pipeline(self, name: str) -> PipelineRecord | None:
+        rows = self._read("SELECT * FROM pipelines WHERE name=? OR pipeline_id=?", (name, name))
+        return PipelineRecord(**dict(rows[0])) if rows else None
+
+    def list_pipelines(self) -> list[PipelineRecord]:
+        return [PipelineRecord(**dict(r)) for r in self._read("SELECT * FROM pipelines ORDER BY name")]
+
+    def delete_pipeline(self, name: str) -> bool:
+        return self._write("DELETE FROM pipelines WHERE name=?", (name,)) > 0
+
+    # -- payloads --------------------------------------------------------------
+    def put_payload(self, rec: PayloadRecord) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO payloads VALUES (?,?,?,?,?,?,?)",
+            (rec.payload_id, rec.name, rec.files, rec.bytes, rec.created_at, rec.source,
+             json.dumps(rec.metadata)),
+        )
+
+    @staticmethod
+    def _payload(row: sqlite3.Row) -> PayloadRecord:
+        d = dict(row)
+        d["metadata"] = json.loads(d["metadata"])
+        return PayloadRecord(**d)
+
+    def get_payload(self, payload_id: str) -> PayloadRecord | None:
+        rows = self._read("SELECT * FROM payloads WHERE payload_id=?", (payload_id,))
+        return self._payload(rows[0]) if rows else None
+
+    def find_payload_by_name(self, name: str) -> PayloadRecord | None:
+        rows = self._read("SELECT * FROM payloads WHERE name=?", (name,))
+        return self._payload(rows[0]) if rows else None
+
+    def list_payloads(self) -> list[PayloadRecord]:
+        return [self._payload(r) for r in self._read("SELECT * FROM payloads ORDER BY created_at")]
+
+    def delete_payload(self, payload_id: str) -> bool:
+        return self._write("DELETE FROM payloads WHERE payload_id=?", (payload_id,)) > 0
+
+    # -- jobs ------------------------------------------------------------------
+    def put_job(self, rec: JobRecord) -> None:
+        values = (
+            rec.job_id, rec.name, rec.pipeline, rec.definition, rec.payload_id,
+            str(rec.priority), str(rec.state), str(rec.status), rec.reason,
+            json.dumps(rec.parameters), json.dumps(rec.metadata), json.dumps(rec.warnings),
+            rec.created_at, rec.queued_at, rec.started_at, rec.ended_at,
+        )
+        cols = ", ".join(_JOB_COLUMNS)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in _JOB_COLUMNS[1:])
+        self._write(
+            f"INSERT INTO jobs ({cols}) VALUES ({', '.join('?' * len(values))}) "
+            f"ON CONFLICT(job_id) DO UPDATE SET {updates}",
+            values,
+        )
+
+    @staticmethod
+    def _job(row: sqlite3.Row) -> JobRecord:
+        d = {k: row[k] for k in _JOB_COLUMNS}
+        for k in ("parameters", "metadata", "warnings"):
+            d[k] = json.loads(d[k])
+        d["priority"] = JobPriority(d["priority"])
+        d["state"] = JobState(d["state"])
+        d["status"] = JobStatus(d["status"])
+        return JobRecord(**d)
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        rows = self._read("SELECT * FROM jobs WHERE job_id=?", (job_id,))
+        return self._job(rows[0]) if rows else None
+
+    def list_jobs(self, state: JobState | None = None, pipeline: str | None = None) -> list[JobRecord]:
+        sql, params = "SELECT * FROM jobs WHERE 1=1", []
+        if state is not None:
+            sql += " AND state=?"
+            params.append(str(state))
+        if pipeline is not None:
+            sql += " AND pipeline=?"
+            params.append(pipeline)
+        return [self._job(r) for r in self._read(sql + " ORDER BY seq", tuple(params))]
+
+    # -- operators -------------------------------------------------------------
+    def put_operator(self, rec: OperatorRecord) -> None:
+        values = (
+            rec.job_id, rec.name, str(rec.state), str(rec.status), rec.attempts, rec.started_at,
+            rec.ended_at, rec.node_id, rec.node_ip, json.dumps(rec.gpu_ids), rec.message,
+        )
+        updates = ", ".join(f"{c}=excluded.{c}" for c in _OP_COLUMNS[2:])
+        self._write(
+            f"INSERT INTO operators ({', '.join(_OP_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(values))}) "
+            f"ON CONFLICT(job_id, name) DO UPDATE SET {updates}",
+            values,
+        )
+
+    def list_operators(self, job_id: str) -> list[OperatorRecord]:
+        rows = self._read("SELECT * FROM operators WHERE job_id=? ORDER BY rowid", (job_id,))
+        out = []
+        for r in rows:
+            d = {k: r[k] for k in _OP_COLUMNS}
+            d["gpu_ids"] = json.loads(d["gpu_ids"])
+            d["state"] = JobState(d["state"])
+            d["status"] = JobStatus(d["status"])
+            out.append(OperatorRecord(**d))
+        return out

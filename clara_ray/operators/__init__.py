@@ -1,0 +1,1 @@
+"""Built-in operators: plain, typed functions a pipeline names by import path."""

@@ -1,0 +1,249 @@
+"""The runner of one job: a detached Ray actor named after the job.
+
+It submits every operator of the job as a Ray task at once (upstream outputs
+passed as ObjectRefs, so Ray runs independent branches in parallel and keeps
+volumes in the object store), owns those references, enforces timeouts,
+answers cancellation, and reports every transition to the Core.  Because the
+runner, not the Core, owns the job's objects, a Core restart loses nothing:
+the runner keeps retrying its reports until the Core answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError
+
+from clara_ray.core.model import JobStatus
+from clara_ray.pipeline import ResolvedOperator, parse_pipeline, resolve_pipeline
+from clara_ray.runner.execute import OperatorCall
+from clara_ray.runner.metrics import RunnerMetrics
+from clara_ray.runner.task import operator_task
+
+__all__ = ["JobRunner", "RunnerConfig", "runner_name"]
+
+log = logging.getLogger(__name__)
+_POLL_SECONDS = 0.2
+
+
+def runner_name(job_id: str) -> str:
+    return f"clara-job-{job_id}"
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    job_id: str
+    job_name: str
+    pipeline: str
+    definition: str
+    payload_id: str
+    parameters: dict[str, Any]
+    storage_uri: str
+    namespace: str
+    core_name: str
+    report_retry_seconds: float = 120.0
+    default_operator_timeout: float | None = None
+
+
+class _Stop(Exception):
+    def __init__(self, status: JobStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@ray.remote(num_cpus=0, max_restarts=0, max_concurrency=8)
+class JobRunner:
+    def __init__(self, config: RunnerConfig) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.config = config
+        self._started = threading.Event()
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._running_since: dict[str, float] = {}
+        self._core: Any = None
+        self._metrics = RunnerMetrics()
+
+    # -- called by tasks and the Core ------------------------------------------
+    def operator_started(
+        self, operator: str, started_at: float, node_id: str, node_ip: str, gpu_ids: list[int]
+    ) -> None:
+        with self._lock:
+            self._running_since[operator] = started_at
+        self._report(
+            "operator_started", self.config.job_id, operator,
+            started_at=started_at, node_id=node_id, node_ip=node_ip, gpu_ids=gpu_ids,
+        )
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def ping(self) -> str:
+        return self.config.job_id
+
+    # -- the job ---------------------------------------------------------------
+    def run(self) -> str:
+        """Run the job to its end; calling it again while it runs is a no-op."""
+        if self._started.is_set():
+            return "already running"
+        self._started.set()
+        cfg = self.config
+        began = time.time()
+        try:
+            status, reason = JobStatus.HEALTHY, None
+            self._run_operators()
+        except _Stop as stop:
+            status, reason = stop.status, stop.reason
+        except Exception as exc:  # an unexpected runner failure still ends the job, with its reason
+            log.exception("job %s: runner failed", cfg.job_id)
+            status, reason = JobStatus.FAULTED, f"job runner failed: {type(exc).__name__}: {exc}"
+        self._metrics.job_finished(cfg.pipeline, str(status), time.time() - began)
+        log.info("job %s stopped: %s %s", cfg.job_id, status, reason or "")
+        self._report("job_stopped", cfg.job_id, str(status), reason)
+        ray.actor.exit_actor()
+        return str(status)
+
+    def _run_operators(self) -> None:
+        cfg = self.config
+        spec = parse_pipeline(cfg.definition, source=f"pipeline '{cfg.pipeline}'", check_imports=False)
+        plan = resolve_pipeline(spec, cfg.parameters)
+        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        me = ray.get_runtime_context().current_actor
+        outputs: dict[str, dict[str, Any]] = {}
+        pending: dict[Any, ResolvedOperator] = {}
+        for op in plan.operators:
+            gpus = op.spec.requests.gpu
+            if gpus and not has_gpus:
+                self._warn_cpu_fallback(op.name, gpus)
+                gpus = 0
+            meta_ref, outputs[op.name] = self._submit(op, gpus, outputs, me)
+            pending[meta_ref] = op
+        job_deadline = time.time() + spec.timeout if spec.timeout else None
+        try:
+            self._wait(pending, job_deadline, spec.timeout)
+        except _Stop:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+
+    def _submit(
+        self, op: ResolvedOperator, gpus: float, outputs: dict[str, dict[str, Any]], me: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        cfg = self.config
+        upstream = [i for i in op.inputs if i.from_]
+        call = OperatorCall(
+            job_id=cfg.job_id,
+            job_name=cfg.job_name,
+            pipeline=cfg.pipeline,
+            operator=op.name,
+            run=op.spec.run,
+            args=op.args,
+            input_names=tuple(i.argument for i in upstream),
+            payload_inputs=tuple(i.argument for i in op.inputs if not i.from_),
+            output_names=tuple(o.name for o in op.spec.output),
+            storage_uri=cfg.storage_uri,
+            payload_id=cfg.payload_id,
+            parameters=cfg.parameters,
+        )
+        options: dict[str, Any] = {
+            "name": f"{cfg.job_name}/{op.name}",
+            "num_cpus": op.spec.requests.cpu,
+            "num_gpus": gpus,
+            "max_retries": op.spec.retries,
+            "retry_exceptions": False,
+            "num_returns": len(call.output_names) + 1,
+        }
+        if op.spec.requests.memory_bytes:
+            options["memory"] = op.spec.requests.memory_bytes
+        refs = operator_task.options(**options).remote(
+            call, me, *[outputs[i.from_][i.name] for i in upstream if i.from_]
+        )
+        if not call.output_names:
+            return refs, {}
+        *out_refs, meta_ref = refs
+        return meta_ref, dict(zip(call.output_names, out_refs, strict=True))
+
+    def _wait(
+        self, pending: dict[Any, ResolvedOperator], deadline: float | None, job_timeout: float | None
+    ) -> None:
+        cfg = self.config
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_SECONDS)
+            for ref in ready:
+                op = pending.pop(ref)
+                self._finish(op, ref)
+            if self._cancel.is_set():
+                raise _Stop(JobStatus.CANCELED, "canceled by request")
+            now = time.time()
+            for op in pending.values():
+                limit = op.spec.timeout or cfg.default_operator_timeout
+                with self._lock:
+                    since = self._running_since.get(op.name)
+                if limit and since and now - since > limit:
+                    message = f"operator '{op.name}' exceeded its timeout of {limit:g} s"
+                    self._report_operator_stop(op.name, JobStatus.TIMEOUT, message)
+                    raise _Stop(JobStatus.TIMEOUT, message)
+            if deadline and now > deadline:
+                raise _Stop(JobStatus.TIMEOUT, f"job exceeded the pipeline timeout of {job_timeout:g} s")
+
+    def _finish(self, op: ResolvedOperator, ref: Any) -> None:
+        cfg = self.config
+        try:
+            meta = ray.get(ref)
+        except TaskCancelledError as exc:
+            raise _Stop(JobStatus.CANCELED, f"operator '{op.name}' was canceled") from exc
+        except RayTaskError as exc:
+            cause = exc.cause if exc.cause is not None else exc
+            message = f"operator '{op.name}' failed: {type(cause).__name__}: {cause}"
+            message = message.splitlines()[0] if len(message) > 2000 else message
+            self._metrics.operator_finished(cfg.pipeline, op.name, str(JobStatus.FAULTED), None)
+            self._report_operator_stop(op.name, JobStatus.FAULTED, message)
+            raise _Stop(JobStatus.FAULTED, message) from exc
+        except ray.exceptions.RayError as exc:  # worker crash after retries, lost object, ...
+            message = f"operator '{op.name}' failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            self._report_operator_stop(op.name, JobStatus.FAULTED, message)
+            raise _Stop(JobStatus.FAULTED, message) from exc
+        duration = meta["ended_at"] - meta["started_at"]
+        self._metrics.operator_finished(cfg.pipeline, op.name, str(JobStatus.HEALTHY), duration)
+        self._report(
+            "operator_stopped", cfg.job_id, op.name, status=str(JobStatus.HEALTHY),
+            ended_at=meta["ended_at"], started_at=meta["started_at"], node_id=meta["node_id"],
+            node_ip=meta["node_ip"], gpu_ids=meta["gpu_ids"],
+        )
+
+    def _report_operator_stop(self, operator: str, status: JobStatus, message: str) -> None:
+        self._report(
+            "operator_stopped", self.config.job_id, operator, status=str(status),
+            ended_at=time.time(), message=message,
+        )
+
+    def _warn_cpu_fallback(self, operator: str, gpus: float) -> None:
+        warning = (
+            f"operator '{operator}' requests {gpus:g} GPU but the cluster has no GPU resource; "
+            "running it on CPU"
+        )
+        log.warning("job %s: %s", self.config.job_id, warning)
+        self._report("job_warning", self.config.job_id, warning)
+
+    def _report(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the Core, riding out its restarts for up to ``report_retry_seconds``."""
+        cfg = self.config
+        deadline = time.time() + cfg.report_retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                if self._core is None:
+                    self._core = ray.get_actor(cfg.core_name, namespace=cfg.namespace)
+                return ray.get(getattr(self._core, method).remote(*args, **kwargs), timeout=30)
+            except (RayActorError, GetTimeoutError, ValueError) as exc:
+                if time.time() > deadline:
+                    log.error("job %s: Core unreachable, report %s lost: %s", cfg.job_id, method, exc)
+                    return None
+                self._core = None
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)

@@ -1,0 +1,188 @@
+"""One typed settings tree: a YAML file, then environment overrides, validated once.
+
+Environment overrides use the prefix ``CLARA_RAY_`` and ``__`` between nested
+keys, e.g. ``CLARA_RAY_DATA_DIR=/srv/clara`` or ``CLARA_RAY_RAY__ADDRESS=auto``.
+The file comes from ``--config`` or ``CLARA_RAY_CONFIG``.  Every error names
+the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from clara_ray.errors import ConfigError
+
+__all__ = [
+    "CoreSettings",
+    "RaySettings",
+    "ServeSettings",
+    "Settings",
+    "load_settings",
+]
+
+ENV_PREFIX = "CLARA_RAY_"
+CONFIG_ENV = "CLARA_RAY_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RaySettings(_Section):
+    address: str = Field(
+        "local",
+        description="'local' starts (or reuses) a Ray instance on this machine; 'auto', "
+        "'host:port' or 'ray://host:10001' joins an existing cluster.",
+    )
+    namespace: str = Field("clara", description="Ray namespace holding the platform's actors.")
+    gcs_port: int = Field(6380, ge=1, le=65535, description="GCS port of a locally started head.")
+    dashboard_host: str = Field("127.0.0.1", description="Ray dashboard bind address.")
+    dashboard_port: int = Field(8265, ge=1, le=65535, description="Ray dashboard port.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs a locally started head declares.")
+    num_gpus: int | None = Field(None, ge=0, description="GPUs a locally started head declares.")
+    object_store_memory: int | None = Field(
+        None, ge=78643200, description="Object store bytes for a locally started head."
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if v in ("local", "auto") or v.startswith("ray://") or re.match(r"^[\w.\-]+:\d+$", v):
+            return v
+        raise ValueError(f"got {v!r}; expected 'local', 'auto', 'host:port' or 'ray://host:port'")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_-]{1,64}$", v):
+            raise ValueError(f"got {v!r}; expected letters, digits, '-' or '_'")
+        return v
+
+
+class CoreSettings(_Section):
+    max_concurrent_jobs: int = Field(
+        4, ge=1, le=1000, description="Jobs running at once; the rest wait in the priority queue."
+    )
+    default_operator_timeout: float | None = Field(
+        None, gt=0, description="Seconds for operators whose pipeline sets no timeout."
+    )
+    report_retry_seconds: float = Field(
+        120.0, gt=0, description="How long a job runner keeps retrying a report to a restarting Core."
+    )
+
+
+class ServeSettings(_Section):
+    enabled: bool = Field(True, description="Start the HTTP API with `clara-ray up`.")
+    app: str = Field(
+        "serve.api:build_app",
+        description="Import path of the Serve application builder that `clara-ray up` deploys.",
+    )
+    host: str = Field("127.0.0.1", description="HTTP bind address of Ray Serve's proxy.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of Ray Serve's proxy.")
+
+
+class Settings(_Section):
+    data_dir: Path = Field(
+        Path("~/.clara-ray"),
+        description="Folder for the state database and, unless storage_uri says otherwise, files.",
+        validate_default=True,  # so the default '~' is expanded too
+    )
+    storage_uri: str | None = Field(
+        None,
+        description="Where payloads and results live: a local path or a pyarrow URI "
+        "(s3://bucket/prefix, gs://..., hdfs://...). Default: <data_dir>/storage.",
+    )
+    state_db: Path | None = Field(None, description="SQLite file. Default: <data_dir>/state/clara.db.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    ray: RaySettings = Field(default_factory=RaySettings)
+    core: CoreSettings = Field(default_factory=CoreSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @property
+    def storage(self) -> str:
+        return self.storage_uri or str(self.data_dir / "storage")
+
+    @property
+    def database(self) -> Path:
+        return (self.state_db or self.data_dir / "state" / "clara.db").expanduser()
+
+    @property
+    def run_dir(self) -> Path:
+        """Files describing a locally started platform (Ray address, pids)."""
+        return self.data_dir / "run"
+
+
+def _deep_set(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        node = tree.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"key '{'.'.join(path)}': '{part}' is not a section")
+        tree = node
+    tree[path[-1]] = value
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        _deep_set(out, path, None if value == "" else value)
+    return out
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in top.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def load_settings(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from ``path`` (or ``$CLARA_RAY_CONFIG``), then ``CLARA_RAY_*`` overrides."""
+    env = os.environ if env is None else env
+    path = path or env.get(CONFIG_ENV) or None
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path:
+        source = f"settings file {path}"
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: must be a mapping of keys, got {type(loaded).__name__}")
+        data = loaded or {}
+    overrides = _env_overrides(env)
+    if overrides:
+        source += " with CLARA_RAY_* environment overrides"
+    try:
+        return Settings.model_validate(_merge(data, overrides))
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            env_name = ENV_PREFIX + "__".join(str(p) for p in err["loc"]).upper()
+            if err["type"] == "extra_forbidden":
+                lines.append(f"{source}: key '{key}' is not a setting (env {env_name})")
+            else:
+                lines.append(
+                    f"{source}: key '{key}' (env {env_name}): {err['msg']}; got {err.get('input')!r}"
+                )
+        raise ConfigError("\n".join(lines)) from exc

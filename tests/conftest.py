@@ -1,0 +1,80 @@
+"""Shared fixtures: one Ray instance for the session, and a Core per test in its own namespace."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINES = Path(__file__).resolve().parent / "pipelines"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """A local Ray with 4 CPUs and 2 declared (fake) GPUs, shared by all Ray tests."""
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(
+        address="local",
+        num_cpus=4,
+        num_gpus=2,
+        object_store_memory=300 * 1024 * 1024,
+        include_dashboard=False,
+        namespace="clara-tests",
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    from clara_ray.settings import load_settings
+
+    return load_settings(
+        env={
+            "CLARA_RAY_DATA_DIR": str(tmp_path / "data"),
+            "CLARA_RAY_RAY__NAMESPACE": f"t{uuid.uuid4().hex[:12]}",
+            "CLARA_RAY_SERVE__ENABLED": "false",
+        }
+    )
+
+
+@pytest.fixture
+def platform(ray_session: None, settings) -> Iterator:
+    """A Core actor in a namespace of its own and a client for it; killed afterwards."""
+    import ray
+
+    from clara_ray.client import PlatformClient
+    from clara_ray.core.actor import get_or_create_core
+
+    core = get_or_create_core(settings)
+    ray.get(core.ping.remote())
+    client = PlatformClient(settings, core)
+    yield client
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == settings.ray.namespace:
+            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+
+
+@pytest.fixture
+def payload_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "payload"
+    d.mkdir()
+    (d / "a.txt").write_text("hello")
+    (d / "sub").mkdir()
+    (d / "sub" / "b.bin").write_bytes(os.urandom(1000))
+    return d
