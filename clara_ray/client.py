@@ -26,6 +26,13 @@ __all__ = ["PlatformClient"]
 Progress = Callable[[int], None]
 
 
+def _job_runtime_env() -> dict[str, Any]:
+    """The runtime env of this driver when it runs as a Ray job (its uploaded working dir),
+    so that the job's operators can import the code submitted with it."""
+    env = ray.get_runtime_context().runtime_env
+    return {k: env[k] for k in ("working_dir", "py_modules") if env.get(k)}
+
+
 class PlatformClient:
     def __init__(self, settings: Settings, core: Any) -> None:
         self.settings = settings
@@ -58,14 +65,14 @@ class PlatformClient:
     # -- pipelines -------------------------------------------------------------
     def create_pipeline(self, path: str | Path) -> PipelineRecord:
         load_pipeline(path)  # validate here first: the same errors, with the local file name
-        return self.call("create_pipeline", Path(path).read_text(encoding="utf-8"), str(path))  # type: ignore[no-any-return]
+        return self.call("create_pipeline", Path(path).read_text(encoding="utf-8"), str(path))
 
     def resolve_pipeline(self, ref: str) -> str:
         """A pipeline name; a file path is created (or updated) first."""
         path = Path(ref)
         if path.suffix in (".yaml", ".yml") and path.is_file():
             return self.create_pipeline(path).name
-        return self.call("get_pipeline", ref).name  # type: ignore[no-any-return]
+        return self.call("get_pipeline", ref).name
 
     # -- payloads --------------------------------------------------------------
     def upload_payload(
@@ -73,7 +80,7 @@ class PlatformClient:
     ) -> PayloadRecord:
         payload_id = uuid.uuid4().hex
         self.storage.upload_payload(payload_id, Path(source), progress)
-        return self.call(  # type: ignore[no-any-return]
+        return self.call(
             "register_payload", payload_id, name=name, source=str(Path(source).resolve())
         )
 
@@ -81,7 +88,7 @@ class PlatformClient:
         """A payload id; a folder is uploaded as a new payload first."""
         if Path(ref).exists():
             return self.upload_payload(ref, progress=progress).payload_id
-        return self.call("get_payload", ref).payload_id  # type: ignore[no-any-return]
+        return self.call("get_payload", ref).payload_id
 
     # -- jobs ------------------------------------------------------------------
     def create_job(
@@ -99,14 +106,23 @@ class PlatformClient:
         pipeline_name = self.resolve_pipeline(pipeline)
         payload_id = self.resolve_payload(payload, progress)
         job: JobRecord = self.call(
-            "create_job", uuid.uuid4().hex, pipeline_name, payload_id, name=name,
-            priority=priority, parameters=dict(parameters or {}), metadata=dict(metadata or {}),
+            "create_job",
+            uuid.uuid4().hex,
+            pipeline_name,
+            payload_id,
+            name=name,
+            priority=priority,
+            parameters=dict(parameters or {}),
+            metadata=dict(metadata or {}),
+            runtime_env=_job_runtime_env(),
         )
         if start:
             job = self.call("start_job", job.job_id)
         return job
 
-    def wait_job(self, job_id: str, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
+    def wait_job(
+        self, job_id: str, timeout: float | None = None, poll: float = 0.5
+    ) -> dict[str, Any]:
         """Describe the job once it has stopped; TimeoutError if it has not by ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -121,7 +137,9 @@ class PlatformClient:
         described = self.call("describe_job", job_id)
         names = [op["name"] for op in described["operators"]]
         if operator is not None and operator not in names:
-            raise NotFoundError(f"job {job_id} has no operator '{operator}' (operators: {', '.join(names)})")
+            raise NotFoundError(
+                f"job {job_id} has no operator '{operator}' (operators: {', '.join(names)})"
+            )
         return self.storage.read_logs(job_id, operator)
 
     def download(

@@ -12,15 +12,16 @@ from __future__ import annotations
 __all__ = [
     "ClaraError",
     "ConfigError",
-    "NotFoundError",
     "ConflictError",
+    "ExportManifestError",
+    "NotFoundError",
+    "OperatorError",
+    "PayloadSealedError",
     "PipelineError",
     "PipelineValidationError",
-    "PayloadSealedError",
-    "StorageError",
-    "OperatorError",
-    "SeriesError",
     "PlatformNotRunningError",
+    "SeriesError",
+    "StorageError",
 ]
 
 
@@ -73,6 +74,10 @@ class OperatorError(ClaraError):
 
 class SeriesError(OperatorError, ValueError):
     """DICOM instances do not form a usable series (gaps, duplicates, mixed geometry)."""
+
+
+class ExportManifestError(ClaraError, ValueError):
+    """An export manifest, a destination name or a result path is invalid."""
 
 
 class PlatformNotRunningError(ClaraError):

@@ -65,10 +65,17 @@ def _start_local_ray(settings: Settings) -> dict[str, Any]:
             "choose another port or stop that process"
         )
     cmd = [
-        _ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={cfg.gcs_port}",
-        f"--dashboard-host={cfg.dashboard_host}", f"--dashboard-port={cfg.dashboard_port}",
-        f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-        f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+        _ray_cli(),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={cfg.gcs_port}",
+        f"--dashboard-host={cfg.dashboard_host}",
+        f"--dashboard-port={cfg.dashboard_port}",
+        f"--ray-client-server-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
         "--disable-usage-stats",
     ]
     if cfg.num_cpus is not None:
@@ -77,7 +84,10 @@ def _start_local_ray(settings: Settings) -> dict[str, Any]:
         cmd.append(f"--num-gpus={cfg.num_gpus}")
     if cfg.object_store_memory is not None:
         cmd.append(f"--object-store-memory={cfg.object_store_memory}")
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # The head's job supervisor runs `ray job submit` entrypoints: put this environment's
+    # interpreter first on its PATH, so `python -m clara_ray.run` finds clara-ray.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
@@ -149,11 +159,16 @@ def down(settings: Settings) -> dict[str, Any]:
             stopped.append("serve")
         for actor in ray.util.list_named_actors(all_namespaces=True):
             if actor["namespace"] == settings.ray.namespace and actor["name"].startswith("clara-"):
-                ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+                try:
+                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+                except ValueError:  # it exited meanwhile (a job runner that finished)
+                    continue
                 stopped.append(actor["name"])
         ray.shutdown()
     if info is not None:
-        proc = subprocess.run([_ray_cli(), "stop", "--force"], capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [_ray_cli(), "stop", "--force"], capture_output=True, text=True, check=False
+        )
         stopped.append("ray")
         if proc.returncode != 0:
             raise ClaraError(f"`ray stop` failed: {proc.stderr.strip()}")

@@ -74,7 +74,9 @@ class CoreSettings(_Section):
         None, gt=0, description="Seconds for operators whose pipeline sets no timeout."
     )
     report_retry_seconds: float = Field(
-        120.0, gt=0, description="How long a job runner keeps retrying a report to a restarting Core."
+        120.0,
+        gt=0,
+        description="How long a job runner keeps retrying a report to a restarting Core.",
     )
 
 
@@ -99,8 +101,12 @@ class Settings(_Section):
         description="Where payloads and results live: a local path or a pyarrow URI "
         "(s3://bucket/prefix, gs://..., hdfs://...). Default: <data_dir>/storage.",
     )
-    state_db: Path | None = Field(None, description="SQLite file. Default: <data_dir>/state/clara.db.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    state_db: Path | None = Field(
+        None, description="SQLite file. Default: <data_dir>/state/clara.db."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
     ray: RaySettings = Field(default_factory=RaySettings)
     core: CoreSettings = Field(default_factory=CoreSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
@@ -146,13 +152,13 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for k, v in top.items():
-        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+        merged[k] = (
+            _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+        )
     return merged
 
 
-def load_settings(
-    path: str | Path | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``path`` (or ``$CLARA_RAY_CONFIG``), then ``CLARA_RAY_*`` overrides."""
     env = os.environ if env is None else env
     path = path or env.get(CONFIG_ENV) or None

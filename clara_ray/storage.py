@@ -194,7 +194,9 @@ class Storage:
             raise NotFoundError(f"payload source {source} does not exist")
         if self.is_sealed(payload_id):
             raise PayloadSealedError(f"payload {payload_id} is already sealed")
-        files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+        files = (
+            [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+        )
         base = source.parent if source.is_file() else source
         data = posixpath.join(self.payload_root(payload_id), "data")
         return [
@@ -301,7 +303,7 @@ class PayloadView:
         full = posixpath.join(self._data, _clean_relative(path))
         if self._storage.is_local:
             return open(full, "rb")
-        return self._storage.fs.open_input_file(full)  # type: ignore[no-any-return]
+        return self._storage.fs.open_input_file(full)
 
     def read_bytes(self, path: str) -> bytes:
         with self.open(path) as f:
@@ -334,6 +336,11 @@ class ResultsDir:
     def __reduce__(self) -> tuple[Any, ...]:
         return (ResultsDir, (self._storage, self.root))
 
+    @property
+    def storage(self) -> Storage:
+        """The storage holding this folder (to read other operators' results of the job)."""
+        return self._storage
+
     def path(self, name: str) -> str:
         return posixpath.join(self.root, _clean_relative(name))
 
@@ -351,7 +358,7 @@ class ResultsDir:
     def open_output(self, name: str) -> IO[bytes]:
         path = self.path(name)
         self._storage.fs.create_dir(posixpath.dirname(path), recursive=True)
-        return self._storage.fs.open_output_stream(path)  # type: ignore[no-any-return]
+        return self._storage.fs.open_output_stream(path)
 
     def read_bytes(self, name: str) -> bytes:
         return self._storage.read_bytes(self.path(name))

@@ -28,10 +28,15 @@ __all__ = ["InstanceReference", "SeriesReference", "Volume", "array_module"]
 
 @dataclass(frozen=True)
 class InstanceReference:
-    """One source DICOM instance a slice of the volume came from."""
+    """One source DICOM instance a slice of the volume came from.
+
+    ``path`` is the file's path inside the job's payload (empty when unknown),
+    so writers of derived objects can read the source header again.
+    """
 
     sop_class_uid: str
     sop_instance_uid: str
+    path: str = ""
 
 
 @dataclass(frozen=True)

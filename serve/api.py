@@ -80,7 +80,9 @@ class ApiServer:
         return rec.to_dict()  # type: ignore[no-any-return]
 
     @api.get("/api/v1/jobs")
-    async def jobs(self, state: str | None = None, pipeline: str | None = None) -> list[dict[str, Any]]:
+    async def jobs(
+        self, state: str | None = None, pipeline: str | None = None
+    ) -> list[dict[str, Any]]:
         return [j.to_dict() for j in await self._core("list_jobs", state, pipeline)]
 
     @api.get("/api/v1/jobs/{job_id}")
@@ -110,7 +112,9 @@ class ApiArgs(BaseModel):
     """Arguments of the application builder (Serve config ``args``)."""
 
     model_config = ConfigDict(extra="forbid")
-    settings: dict[str, Any] | None = Field(None, description="A settings tree; default: load_settings().")
+    settings: dict[str, Any] | None = Field(
+        None, description="A settings tree; default: load_settings()."
+    )
 
 
 def build_app(args: ApiArgs | dict[str, Any]) -> serve.Application:

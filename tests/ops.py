@@ -14,11 +14,17 @@ from clara_ray.storage import PayloadView
 from clara_ray.volume import Volume
 
 
-def make_volume(ctx: OperatorContext, payload: PayloadView, shape: list[int] | None = None) -> dict[str, Any]:
+def make_volume(
+    ctx: OperatorContext, payload: PayloadView, shape: list[int] | None = None
+) -> dict[str, Any]:
     """Outputs ``volume``: a ramp volume of ``shape`` (default 8x16x16)."""
     dims = tuple(shape or (8, 16, 16))
     ctx.logger.info("making a volume of shape %s from %d payload files", dims, len(payload.files()))
-    return {"volume": Volume(np.arange(np.prod(dims), dtype=np.int16).reshape(dims), spacing=(2.0, 1.0, 1.0))}
+    return {
+        "volume": Volume(
+            np.arange(np.prod(dims), dtype=np.int16).reshape(dims), spacing=(2.0, 1.0, 1.0)
+        )
+    }
 
 
 def add(ctx: OperatorContext, volume: Volume, amount: int = 1) -> dict[str, Any]:
@@ -31,17 +37,24 @@ def combine(ctx: OperatorContext, left: Volume, right: Volume) -> dict[str, Any]
     total = int(left.array.sum() + right.array.sum())
     ctx.results.write_json(
         "combined.json",
-        {"total": total, "zero_copy": [left.metadata.get("zero_copy"), right.metadata.get("zero_copy")]},
+        {
+            "total": total,
+            "zero_copy": [left.metadata.get("zero_copy"), right.metadata.get("zero_copy")],
+        },
     )
     return {"total": total}
 
 
 def whoami(ctx: OperatorContext, payload: PayloadView) -> dict[str, Any]:
-    ctx.results.write_json("gpus.json", {"gpu_ids": list(ctx.gpu_ids), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")})
+    ctx.results.write_json(
+        "gpus.json", {"gpu_ids": list(ctx.gpu_ids), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    )
     return {}
 
 
-def sleep(ctx: OperatorContext, payload: PayloadView, seconds: float = 30.0, marker: str = "") -> dict[str, Any]:
+def sleep(
+    ctx: OperatorContext, payload: PayloadView, seconds: float = 30.0, marker: str = ""
+) -> dict[str, Any]:
     """Sleeps; writes ``marker`` (a file path) with its pid first, so a test can kill it."""
     if marker:
         Path(marker).write_text(str(os.getpid()))
@@ -52,7 +65,9 @@ def sleep(ctx: OperatorContext, payload: PayloadView, seconds: float = 30.0, mar
     return {}
 
 
-def crash_once(ctx: OperatorContext, payload: PayloadView, marker: str, seconds: float = 30.0) -> dict[str, Any]:
+def crash_once(
+    ctx: OperatorContext, payload: PayloadView, marker: str, seconds: float = 30.0
+) -> dict[str, Any]:
     """First attempt: writes its pid to ``marker`` and sleeps (to be killed); later attempts pass."""
     path = Path(marker)
     if not path.exists():

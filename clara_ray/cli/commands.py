@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from clara_ray import platform
-from clara_ray.cli.output import EXIT_JOB_NOT_HEALTHY, EXIT_NOT_RUNNING, emit, fmt_time, progress_bar, table
+from clara_ray.cli.output import (
+    EXIT_JOB_NOT_HEALTHY,
+    EXIT_NOT_RUNNING,
+    emit,
+    fmt_time,
+    job_text,
+    progress_bar,
+    table,
+)
 from clara_ray.client import PlatformClient
 from clara_ray.errors import ClaraError, PipelineValidationError
 from clara_ray.pipeline import load_pipeline
@@ -61,22 +69,34 @@ def status(args: argparse.Namespace) -> int:
 # -- pipelines ------------------------------------------------------------------
 def create_pipeline(args: argparse.Namespace) -> int:
     rec = _client(args).create_pipeline(args.file)
-    emit(args.json, {"name": rec.name, "pipeline_id": rec.pipeline_id, "version": rec.version},
-         f"{rec.name} (version {rec.version}, id {rec.pipeline_id})")
+    emit(
+        args.json,
+        {"name": rec.name, "pipeline_id": rec.pipeline_id, "version": rec.version},
+        f"{rec.name} (version {rec.version}, id {rec.pipeline_id})",
+    )
     return 0
 
 
 def list_pipelines(args: argparse.Namespace) -> int:
     recs = _client(args).call("list_pipelines")
-    emit(args.json, [r.to_dict() | {"definition": None} for r in recs],
-         table([(r.name, r.version, fmt_time(r.updated_at), r.description) for r in recs],
-               ["name", "version", "updated", "description"]))
+    emit(
+        args.json,
+        [r.to_dict() | {"definition": None} for r in recs],
+        table(
+            [(r.name, r.version, fmt_time(r.updated_at), r.description) for r in recs],
+            ["name", "version", "updated", "description"],
+        ),
+    )
     return 0
 
 
 def describe_pipeline(args: argparse.Namespace) -> int:
     rec = _client(args).call("get_pipeline", args.name)
-    emit(args.json, rec.to_dict(), f"# {rec.name} version {rec.version} from {rec.source}\n{rec.definition}")
+    emit(
+        args.json,
+        rec.to_dict(),
+        f"# {rec.name} version {rec.version} from {rec.source}\n{rec.definition}",
+    )
     return 0
 
 
@@ -92,8 +112,11 @@ def validate_pipeline(args: argparse.Namespace) -> int:
     except PipelineValidationError as exc:
         emit(args.json, {"valid": False, "problems": exc.problems}, "\n".join(exc.problems))
         return 1
-    emit(args.json, {"valid": True, "name": spec.name, "operators": [o.name for o in spec.operators]},
-         f"{args.file}: pipeline '{spec.name}' is valid ({len(spec.operators)} operators)")
+    emit(
+        args.json,
+        {"valid": True, "name": spec.name, "operators": [o.name for o in spec.operators]},
+        f"{args.file}: pipeline '{spec.name}' is valid ({len(spec.operators)} operators)",
+    )
     return 0
 
 
@@ -108,9 +131,14 @@ def create_payload(args: argparse.Namespace) -> int:
 
 def list_payloads(args: argparse.Namespace) -> int:
     recs = _client(args).call("list_payloads")
-    emit(args.json, [r.to_dict() for r in recs],
-         table([(r.payload_id, r.name, r.files, r.bytes, fmt_time(r.created_at)) for r in recs],
-               ["payload", "name", "files", "bytes", "created"]))
+    emit(
+        args.json,
+        [r.to_dict() for r in recs],
+        table(
+            [(r.payload_id, r.name, r.files, r.bytes, fmt_time(r.created_at)) for r in recs],
+            ["payload", "name", "files", "bytes", "created"],
+        ),
+    )
     return 0
 
 
@@ -121,44 +149,25 @@ def delete_payload(args: argparse.Namespace) -> int:
 
 
 # -- jobs -----------------------------------------------------------------------
-def _job_text(d: dict[str, Any]) -> str:
-    lines = [
-        f"job:       {d['job_id']}  ({d['name']})",
-        f"pipeline:  {d['pipeline']}    payload: {d['payload_id']}    priority: {d['priority']}",
-        f"state:     {d['state']} / {d['status']}" + (f"  ({d['reason']})" if d.get("reason") else ""),
-        f"created:   {fmt_time(d['created_at'])}  started: {fmt_time(d['started_at'])}  "
-        f"ended: {fmt_time(d['ended_at'])}"
-        + (f"  ({d['duration']:.2f} s)" if d.get("duration") is not None else ""),
-    ]
-    lines += [f"warning:   {w}" for w in d.get("warnings", [])]
-    if d.get("metadata"):
-        lines.append("metadata:  " + ", ".join(f"{k}={v}" for k, v in d["metadata"].items()))
-    ops = d.get("operators", [])
-    if ops:
-        lines += ["", table(
-            [(o["name"], o["state"], o["status"], o["attempts"],
-              f"{o['duration']:.3f}" if o["duration"] is not None else None,
-              o["node_ip"], ",".join(str(g) for g in o["gpu_ids"]) or None, o["message"]) for o in ops],
-            ["operator", "state", "status", "attempts", "seconds", "node", "gpus", "message"])]
-    if d.get("results"):
-        lines += ["", "results:"] + [f"  {r['path']}  ({r['size']} bytes)" for r in d["results"]]
-    return "\n".join(lines)
-
-
 def create_job(args: argparse.Namespace) -> int:
     client = _client(args)
     size = _tree_size(Path(args.payload)) if Path(args.payload).exists() else 0
     with progress_bar(size, "uploading payload", not args.json) as bar:
         job = client.create_job(
-            args.pipeline, args.payload, name=args.name, priority=args.priority,
-            parameters=dict(args.param), metadata=dict(args.meta), start=args.start,
+            args.pipeline,
+            args.payload,
+            name=args.name,
+            priority=args.priority,
+            parameters=dict(args.param),
+            metadata=dict(args.meta),
+            start=args.start,
             progress=bar.update,
         )
     if args.wait:
         if not args.start:
             raise ClaraError("--wait needs --start (a job that is not queued never stops)")
         described = client.wait_job(job.job_id, timeout=args.timeout)
-        emit(args.json, described, _job_text(described))
+        emit(args.json, described, job_text(described))
         return 0 if described["status"] == "Healthy" else EXIT_JOB_NOT_HEALTHY
     emit(args.json, job.to_dict(), f"{job.job_id}")
     return 0
@@ -178,15 +187,31 @@ def cancel_job(args: argparse.Namespace) -> int:
 
 def list_jobs(args: argparse.Namespace) -> int:
     recs = _client(args).call("list_jobs", args.state, args.pipeline)
-    emit(args.json, [r.to_dict() for r in recs],
-         table([(r.job_id, r.name, r.pipeline, r.state, r.status, r.priority, fmt_time(r.created_at))
-                for r in recs], ["job", "name", "pipeline", "state", "status", "priority", "created"]))
+    emit(
+        args.json,
+        [r.to_dict() for r in recs],
+        table(
+            [
+                (
+                    r.job_id,
+                    r.name,
+                    r.pipeline,
+                    r.state,
+                    r.status,
+                    r.priority,
+                    fmt_time(r.created_at),
+                )
+                for r in recs
+            ],
+            ["job", "name", "pipeline", "state", "status", "priority", "created"],
+        ),
+    )
     return 0
 
 
 def describe_job(args: argparse.Namespace) -> int:
     d = _client(args).call("describe_job", args.job_id)
-    emit(args.json, d, _job_text(d))
+    emit(args.json, d, job_text(d))
     return 0
 
 
@@ -213,9 +238,14 @@ def download(args: argparse.Namespace) -> int:
     with progress_bar(client.results_size(job_id, operator), "downloading", not args.json) as bar:
         files = client.download(job_id, operator, args.dest, progress=bar.update)
     if not files:
-        raise ClaraError(f"job {job_id} has no results" + (f" for operator '{operator}'" if operator else ""))
-    emit(args.json, {"dest": str(args.dest), "files": [f.path for f in files]},
-         f"{len(files)} files to {args.dest}")
+        raise ClaraError(
+            f"job {job_id} has no results" + (f" for operator '{operator}'" if operator else "")
+        )
+    emit(
+        args.json,
+        {"dest": str(args.dest), "files": [f.path for f in files]},
+        f"{len(files)} files to {args.dest}",
+    )
     return 0
 
 
@@ -223,7 +253,9 @@ def sample_study(args: argparse.Namespace) -> int:
     from clara_ray.sample.ct_series import write_sample_study
 
     files = write_sample_study(args.dest, slices=args.slices, seed=args.seed)
-    emit(args.json, {"dest": str(args.dest), "files": len(files)},
-         f"wrote {len(files)} CT instances to {args.dest}")
+    emit(
+        args.json,
+        {"dest": str(args.dest), "files": len(files)},
+        f"wrote {len(files)} CT instances to {args.dest}",
+    )
     return 0
-

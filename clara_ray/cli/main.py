@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from clara_ray.cli import commands  # noqa: E402  (after RAY_AUTH_MODE is set)
-from clara_ray.cli.output import EXIT_ERROR, EXIT_NOT_RUNNING  # noqa: E402
-from clara_ray.errors import ClaraError, PlatformNotRunningError  # noqa: E402
-from clara_ray.settings import load_settings  # noqa: E402
+from clara_ray.cli import commands
+from clara_ray.cli.output import EXIT_ERROR, EXIT_NOT_RUNNING
+from clara_ray.errors import ClaraError, PlatformNotRunningError
+from clara_ray.settings import load_settings
 
 __all__ = ["build_parser", "main"]
 
@@ -42,10 +42,16 @@ def _add(sub: Any, name: str, fn: Callable[..., int], help: str) -> argparse.Arg
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="settings YAML (default: $CLARA_RAY_CONFIG)")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+    # SUPPRESS: an option given before the verb is not reset by the sub-command's default.
+    common.add_argument(
+        "--config", default=argparse.SUPPRESS, help="settings YAML (default: $CLARA_RAY_CONFIG)"
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
     parser = argparse.ArgumentParser(
-        prog="clara-ray", parents=[common],
+        prog="clara-ray",
+        parents=[common],
         description="clara-ray: medical-imaging pipelines on Ray (verbs as in the Clara CLI).",
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -73,9 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--pipeline", required=True, help="pipeline name or YAML file")
     p.add_argument("-f", "--payload", required=True, help="payload id, dataset name or folder")
     p.add_argument("-n", "--name", help="job name (default: <pipeline>-<UTC timestamp>)")
-    p.add_argument("--priority", default="normal", choices=["lower", "normal", "higher", "immediate"])
+    p.add_argument(
+        "--priority", default="normal", choices=["lower", "normal", "higher", "immediate"]
+    )
     p.add_argument("--param", action="append", type=_kv, default=[], metavar="K=V")
-    p.add_argument("--meta", action="append", type=_kv, default=[], metavar="K=V", help="job metadata")
+    p.add_argument(
+        "--meta", action="append", type=_kv, default=[], metavar="K=V", help="job metadata"
+    )
     p.add_argument("--start", action="store_true", help="queue the job at once")
     p.add_argument("--wait", action="store_true", help="with --start: wait until it stops")
     p.add_argument("--timeout", type=float, help="seconds to wait with --wait")
@@ -89,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     describe = verb("describe", "show one pipeline or job in full")
     _add(describe, "pipeline", commands.describe_pipeline, "show a pipeline").add_argument("name")
-    _add(describe, "job", commands.describe_job, "show a job and its operators").add_argument("job_id")
+    _add(describe, "job", commands.describe_job, "show a job and its operators").add_argument(
+        "job_id"
+    )
 
     delete = verb("delete", "delete a pipeline or payload")
     _add(delete, "pipeline", commands.delete_pipeline, "delete a pipeline").add_argument("name")
@@ -121,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    args.config = getattr(args, "config", None)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.settings = load_settings(args.config)

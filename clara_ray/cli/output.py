@@ -17,6 +17,7 @@ __all__ = [
     "EXIT_USAGE",
     "emit",
     "fmt_time",
+    "job_text",
     "progress_bar",
     "table",
 ]
@@ -46,6 +47,51 @@ def emit(as_json: bool, data: Any, text: str) -> None:
 def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     """A byte progress bar on stderr; silent for --json or when stderr is not a terminal."""
     return tqdm(
-        total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-        disable=not enabled or not sys.stderr.isatty(), file=sys.stderr, leave=False,
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not enabled or not sys.stderr.isatty(),
+        file=sys.stderr,
+        leave=False,
     )
+
+
+def job_text(d: dict[str, Any]) -> str:
+    lines = [
+        f"job:       {d['job_id']}  ({d['name']})",
+        f"pipeline:  {d['pipeline']}    payload: {d['payload_id']}    priority: {d['priority']}",
+        f"state:     {d['state']} / {d['status']}"
+        + (f"  ({d['reason']})" if d.get("reason") else ""),
+        f"created:   {fmt_time(d['created_at'])}  started: {fmt_time(d['started_at'])}  "
+        f"ended: {fmt_time(d['ended_at'])}"
+        + (f"  ({d['duration']:.2f} s)" if d.get("duration") is not None else ""),
+    ]
+    lines += [f"warning:   {w}" for w in d.get("warnings", [])]
+    if d.get("metadata"):
+        lines.append("metadata:  " + ", ".join(f"{k}={v}" for k, v in d["metadata"].items()))
+    ops = d.get("operators", [])
+    if ops:
+        lines += [
+            "",
+            table(
+                [
+                    (
+                        o["name"],
+                        o["state"],
+                        o["status"],
+                        o["attempts"],
+                        f"{o['duration']:.3f}" if o["duration"] is not None else None,
+                        o["node_ip"],
+                        ",".join(str(g) for g in o["gpu_ids"]) or None,
+                        o["message"],
+                    )
+                    for o in ops
+                ],
+                ["operator", "state", "status", "attempts", "seconds", "node", "gpus", "message"],
+            ),
+        ]
+    if d.get("results"):
+        lines += ["", "results:"] + [f"  {r['path']}  ({r['size']} bytes)" for r in d["results"]]
+    return "\n".join(lines)

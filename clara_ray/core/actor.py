@@ -20,10 +20,25 @@ __all__ = ["CORE_ACTOR_NAME", "CoreActor", "RayRunnerLauncher", "get_or_create_c
 CORE_ACTOR_NAME = "clara-core"
 _RECONCILE_SECONDS = 5.0
 _SERVICE_METHODS = (
-    "create_pipeline", "get_pipeline", "list_pipelines", "delete_pipeline",
-    "register_payload", "get_payload", "list_payloads", "delete_payload",
-    "create_job", "get_job", "describe_job", "list_jobs", "update_metadata", "start_job",
-    "cancel_job", "operator_started", "operator_stopped", "job_warning", "job_stopped",
+    "create_pipeline",
+    "get_pipeline",
+    "list_pipelines",
+    "delete_pipeline",
+    "register_payload",
+    "get_payload",
+    "list_payloads",
+    "delete_payload",
+    "create_job",
+    "get_job",
+    "describe_job",
+    "list_jobs",
+    "update_metadata",
+    "start_job",
+    "cancel_job",
+    "operator_started",
+    "operator_stopped",
+    "job_warning",
+    "job_stopped",
 )
 log = logging.getLogger(__name__)
 
@@ -53,6 +68,7 @@ class RayRunnerLauncher:
             namespace=self.settings.ray.namespace,
             lifetime="detached",
             get_if_exists=True,
+            runtime_env=job.runtime_env or None,
         ).remote(config)
         runner.run.remote()
 
@@ -85,7 +101,9 @@ class CoreActor:
         )
         self.service.recover()
         self._stop = threading.Event()
-        threading.Thread(target=self._reconcile_loop, name="clara-core-reconcile", daemon=True).start()
+        threading.Thread(
+            target=self._reconcile_loop, name="clara-core-reconcile", daemon=True
+        ).start()
         log.info("Core started with state in %s", settings.database)
 
     def _reconcile_loop(self) -> None:

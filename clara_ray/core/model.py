@@ -136,6 +136,7 @@ class JobRecord:
     parameters: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    runtime_env: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     queued_at: float | None = None
     started_at: float | None = None

@@ -74,8 +74,13 @@ class CoreService:
     # -- pipelines -------------------------------------------------------------
     @_locked
     def create_pipeline(self, definition: str, source: str = "<api>") -> PipelineRecord:
-        """Validate and store a pipeline; same name replaces it (version + 1)."""
-        spec = parse_pipeline(definition, source=source)
+        """Validate and store a pipeline; same name replaces it (version + 1).
+
+        Operator imports are checked by the client that submits the file (its
+        environment, e.g. a ``ray job submit`` working dir, is where they must
+        import), not here.
+        """
+        spec = parse_pipeline(definition, source=source, check_imports=False)
         now = self._clock()
         existing = self.store.get_pipeline(spec.name)
         if existing and existing.definition == definition:
@@ -98,7 +103,9 @@ class CoreService:
     def get_pipeline(self, name: str) -> PipelineRecord:
         rec = self.store.get_pipeline(name)
         if rec is None:
-            raise NotFoundError(f"pipeline '{name}' does not exist (see `clara-ray list pipelines`)")
+            raise NotFoundError(
+                f"pipeline '{name}' does not exist (see `clara-ray list pipelines`)"
+            )
         return rec
 
     @_locked
@@ -127,6 +134,10 @@ class CoreService:
         if name and (other := self.store.find_payload_by_name(name)):
             raise ConflictError(f"a payload named '{name}' already exists ({other.payload_id})")
         manifest = self.storage.seal_payload(payload_id)
+        if not manifest.files:
+            raise NotFoundError(
+                f"payload {payload_id} has no files; upload them before registering it"
+            )
         rec = PayloadRecord(
             payload_id=payload_id,
             files=len(manifest.files),
@@ -160,7 +171,9 @@ class CoreService:
             if j.payload_id == rec.payload_id and j.state is not JobState.STOPPED
         ]
         if active:
-            raise ConflictError(f"payload {rec.payload_id} is used by unfinished jobs: {', '.join(active)}")
+            raise ConflictError(
+                f"payload {rec.payload_id} is used by unfinished jobs: {', '.join(active)}"
+            )
         self.storage.delete_payload(rec.payload_id)
         return self.store.delete_payload(rec.payload_id)
 
@@ -176,14 +189,24 @@ class CoreService:
         priority: str = "normal",
         parameters: Mapping[str, Any] | None = None,
         metadata: Mapping[str, str] | None = None,
+        runtime_env: Mapping[str, Any] | None = None,
     ) -> JobRecord:
-        existing = self.store.get_job(job_id)
-        if existing:
-            return existing
+        """Create a job (not yet queued). ``runtime_env`` is the Ray runtime environment
+        its runner and operator tasks get (e.g. the working dir of ``ray job submit``)."""
         prio = JobPriority.parse(priority, "priority")
         pipe = self.get_pipeline(pipeline)
         payload_rec = self.get_payload(payload)
-        spec = parse_pipeline(pipe.definition, source=f"pipeline '{pipe.name}'")
+        existing = self.store.get_job(job_id)
+        if existing:
+            if (existing.pipeline, existing.payload_id) != (pipe.name, payload_rec.payload_id):
+                raise ConflictError(
+                    f"job id {job_id} already exists for pipeline '{existing.pipeline}' on payload "
+                    f"{existing.payload_id}; use a new id for a different job"
+                )
+            return existing
+        spec = parse_pipeline(
+            pipe.definition, source=f"pipeline '{pipe.name}'", check_imports=False
+        )
         resolved = resolve_pipeline(spec, parameters or {})
         now = self._clock()
         job = JobRecord(
@@ -195,6 +218,7 @@ class CoreService:
             priority=prio,  # type: ignore[arg-type]
             parameters=resolved.parameters,
             metadata={str(k): str(v) for k, v in (metadata or {}).items()},
+            runtime_env=dict(runtime_env or {}),
             created_at=now,
         )
         self.store.put_job(job)
@@ -216,7 +240,9 @@ class CoreService:
         return {
             **job.to_dict(),
             "operators": [op.to_dict() for op in self.store.list_operators(job_id)],
-            "results": [{"path": f.path, "size": f.size} for f in self.storage.list_results(job_id)],
+            "results": [
+                {"path": f.path, "size": f.size} for f in self.storage.list_results(job_id)
+            ],
         }
 
     @_locked
@@ -236,7 +262,9 @@ class CoreService:
         """Queue a created job; it runs when admitted. Starting a queued job again is a no-op."""
         job = self.get_job(job_id)
         if job.state is JobState.STOPPED:
-            raise ConflictError(f"job {job_id} has already stopped ({job.status}); create a new job")
+            raise ConflictError(
+                f"job {job_id} has already stopped ({job.status}); create a new job"
+            )
         if job.queued_at is None:
             job.queued_at = self._clock()
             self.store.put_job(job)
@@ -259,21 +287,40 @@ class CoreService:
     # -- reports from job runners ----------------------------------------------
     @_locked
     def operator_started(
-        self, job_id: str, operator: str, *, started_at: float, node_id: str | None,
-        node_ip: str | None, gpu_ids: list[int],
+        self,
+        job_id: str,
+        operator: str,
+        *,
+        started_at: float,
+        node_id: str | None,
+        node_ip: str | None,
+        gpu_ids: list[int],
     ) -> None:
         op = self._operator(job_id, operator)
         if op.state is JobState.STOPPED:
             return
         op.state, op.attempts = JobState.RUNNING, op.attempts + 1
-        op.started_at, op.node_id, op.node_ip, op.gpu_ids = started_at, node_id, node_ip, list(gpu_ids)
+        op.started_at, op.node_id, op.node_ip, op.gpu_ids = (
+            started_at,
+            node_id,
+            node_ip,
+            list(gpu_ids),
+        )
         self.store.put_operator(op)
 
     @_locked
     def operator_stopped(
-        self, job_id: str, operator: str, *, status: str, ended_at: float,
-        message: str | None = None, started_at: float | None = None,
-        node_id: str | None = None, node_ip: str | None = None, gpu_ids: list[int] | None = None,
+        self,
+        job_id: str,
+        operator: str,
+        *,
+        status: str,
+        ended_at: float,
+        message: str | None = None,
+        started_at: float | None = None,
+        node_id: str | None = None,
+        node_ip: str | None = None,
+        gpu_ids: list[int] | None = None,
     ) -> None:
         op = self._operator(job_id, operator)
         if op.state is JobState.STOPPED:
@@ -312,7 +359,9 @@ class CoreService:
             if self.launcher.is_alive(job.job_id):
                 continue
             if all(op.attempts == 0 for op in self.store.list_operators(job.job_id)):
-                log.info("job %s: runner missing before any operator started; relaunching", job.job_id)
+                log.info(
+                    "job %s: runner missing before any operator started; relaunching", job.job_id
+                )
                 self._launch(job)
                 continue
             self._stop(

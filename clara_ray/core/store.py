@@ -37,7 +37,9 @@ class Store(Protocol):
     def delete_payload(self, payload_id: str) -> bool: ...
     def put_job(self, rec: JobRecord) -> None: ...
     def get_job(self, job_id: str) -> JobRecord | None: ...
-    def list_jobs(self, state: JobState | None = None, pipeline: str | None = None) -> list[JobRecord]: ...
+    def list_jobs(
+        self, state: JobState | None = None, pipeline: str | None = None
+    ) -> list[JobRecord]: ...
     def put_operator(self, rec: OperatorRecord) -> None: ...
     def list_operators(self, job_id: str) -> list[OperatorRecord]: ...
     def close(self) -> None: ...
@@ -56,7 +58,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     pipeline TEXT NOT NULL, definition TEXT NOT NULL, payload_id TEXT NOT NULL,
     priority TEXT NOT NULL, state TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
     parameters TEXT NOT NULL, metadata TEXT NOT NULL, warnings TEXT NOT NULL,
-    created_at REAL NOT NULL, queued_at REAL, started_at REAL, ended_at REAL);
+    runtime_env TEXT NOT NULL, created_at REAL NOT NULL, queued_at REAL, started_at REAL, ended_at REAL);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS operators (
     job_id TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, status TEXT NOT NULL,
@@ -65,13 +67,36 @@ CREATE TABLE IF NOT EXISTS operators (
 """
 
 _JOB_COLUMNS = (
-    "job_id", "name", "pipeline", "definition", "payload_id", "priority", "state", "status",
-    "reason", "parameters", "metadata", "warnings", "created_at", "queued_at", "started_at",
+    "job_id",
+    "name",
+    "pipeline",
+    "definition",
+    "payload_id",
+    "priority",
+    "state",
+    "status",
+    "reason",
+    "parameters",
+    "metadata",
+    "warnings",
+    "runtime_env",
+    "created_at",
+    "queued_at",
+    "started_at",
     "ended_at",
 )
 _OP_COLUMNS = (
-    "job_id", "name", "state", "status", "attempts", "started_at", "ended_at", "node_id",
-    "node_ip", "gpu_ids", "message",
+    "job_id",
+    "name",
+    "state",
+    "status",
+    "attempts",
+    "started_at",
+    "ended_at",
+    "node_id",
+    "node_ip",
+    "gpu_ids",
+    "message",
 )
 
 
@@ -111,8 +136,16 @@ class SQLiteStore:
     def put_pipeline(self, rec: PipelineRecord) -> None:
         self._write(
             "INSERT OR REPLACE INTO pipelines VALUES (?,?,?,?,?,?,?,?)",
-            (rec.name, rec.pipeline_id, rec.definition, rec.source, rec.version,
-             rec.created_at, rec.updated_at, rec.description),
+            (
+                rec.name,
+                rec.pipeline_id,
+                rec.definition,
+                rec.source,
+                rec.version,
+                rec.created_at,
+                rec.updated_at,
+                rec.description,
+            ),
         )
 
     def get_pipeline(self, name: str) -> PipelineRecord | None:
@@ -120,7 +153,9 @@ class SQLiteStore:
         return PipelineRecord(**dict(rows[0])) if rows else None
 
     def list_pipelines(self) -> list[PipelineRecord]:
-        return [PipelineRecord(**dict(r)) for r in self._read("SELECT * FROM pipelines ORDER BY name")]
+        return [
+            PipelineRecord(**dict(r)) for r in self._read("SELECT * FROM pipelines ORDER BY name")
+        ]
 
     def delete_pipeline(self, name: str) -> bool:
         return self._write("DELETE FROM pipelines WHERE name=?", (name,)) > 0
@@ -129,8 +164,15 @@ class SQLiteStore:
     def put_payload(self, rec: PayloadRecord) -> None:
         self._write(
             "INSERT OR REPLACE INTO payloads VALUES (?,?,?,?,?,?,?)",
-            (rec.payload_id, rec.name, rec.files, rec.bytes, rec.created_at, rec.source,
-             json.dumps(rec.metadata)),
+            (
+                rec.payload_id,
+                rec.name,
+                rec.files,
+                rec.bytes,
+                rec.created_at,
+                rec.source,
+                json.dumps(rec.metadata),
+            ),
         )
 
     @staticmethod
@@ -156,10 +198,23 @@ class SQLiteStore:
     # -- jobs ------------------------------------------------------------------
     def put_job(self, rec: JobRecord) -> None:
         values = (
-            rec.job_id, rec.name, rec.pipeline, rec.definition, rec.payload_id,
-            str(rec.priority), str(rec.state), str(rec.status), rec.reason,
-            json.dumps(rec.parameters), json.dumps(rec.metadata), json.dumps(rec.warnings),
-            rec.created_at, rec.queued_at, rec.started_at, rec.ended_at,
+            rec.job_id,
+            rec.name,
+            rec.pipeline,
+            rec.definition,
+            rec.payload_id,
+            str(rec.priority),
+            str(rec.state),
+            str(rec.status),
+            rec.reason,
+            json.dumps(rec.parameters),
+            json.dumps(rec.metadata),
+            json.dumps(rec.warnings),
+            json.dumps(rec.runtime_env),
+            rec.created_at,
+            rec.queued_at,
+            rec.started_at,
+            rec.ended_at,
         )
         cols = ", ".join(_JOB_COLUMNS)
         updates = ", ".join(f"{c}=excluded.{c}" for c in _JOB_COLUMNS[1:])
@@ -172,7 +227,7 @@ class SQLiteStore:
     @staticmethod
     def _job(row: sqlite3.Row) -> JobRecord:
         d = {k: row[k] for k in _JOB_COLUMNS}
-        for k in ("parameters", "metadata", "warnings"):
+        for k in ("parameters", "metadata", "warnings", "runtime_env"):
             d[k] = json.loads(d[k])
         d["priority"] = JobPriority(d["priority"])
         d["state"] = JobState(d["state"])
@@ -183,7 +238,9 @@ class SQLiteStore:
         rows = self._read("SELECT * FROM jobs WHERE job_id=?", (job_id,))
         return self._job(rows[0]) if rows else None
 
-    def list_jobs(self, state: JobState | None = None, pipeline: str | None = None) -> list[JobRecord]:
+    def list_jobs(
+        self, state: JobState | None = None, pipeline: str | None = None
+    ) -> list[JobRecord]:
         sql, params = "SELECT * FROM jobs WHERE 1=1", []
         if state is not None:
             sql += " AND state=?"
@@ -196,8 +253,17 @@ class SQLiteStore:
     # -- operators -------------------------------------------------------------
     def put_operator(self, rec: OperatorRecord) -> None:
         values = (
-            rec.job_id, rec.name, str(rec.state), str(rec.status), rec.attempts, rec.started_at,
-            rec.ended_at, rec.node_id, rec.node_ip, json.dumps(rec.gpu_ids), rec.message,
+            rec.job_id,
+            rec.name,
+            str(rec.state),
+            str(rec.status),
+            rec.attempts,
+            rec.started_at,
+            rec.ended_at,
+            rec.node_id,
+            rec.node_ip,
+            json.dumps(rec.gpu_ids),
+            rec.message,
         )
         updates = ", ".join(f"{c}=excluded.{c}" for c in _OP_COLUMNS[2:])
         self._write(

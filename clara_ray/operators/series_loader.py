@@ -281,7 +281,9 @@ def _reference(stack: _Stack, slices: list[_Slice]) -> SeriesReference:
         frame_of_reference_uid=_text(first.get("FrameOfReferenceUID")),
         modality=stack.modality,
         instances=tuple(
-            InstanceReference(_text(s.ds.get("SOPClassUID")), _text(s.ds.get("SOPInstanceUID")))
+            InstanceReference(
+                _text(s.ds.get("SOPClassUID")), _text(s.ds.get("SOPInstanceUID")), path=s.name
+            )
             for s in slices
         ),
         attributes={k: _text(first.get(k)) for k in PATIENT_STUDY_ATTRIBUTES},

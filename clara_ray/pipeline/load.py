@@ -41,7 +41,9 @@ def validate_pipeline_file(path: str | Path) -> list[str]:
     return []
 
 
-def parse_pipeline(text: str, *, source: str = "<pipeline>", check_imports: bool = True) -> PipelineSpec:
+def parse_pipeline(
+    text: str, *, source: str = "<pipeline>", check_imports: bool = True
+) -> PipelineSpec:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -51,8 +53,10 @@ def parse_pipeline(text: str, *, source: str = "<pipeline>", check_imports: bool
         raise PipelineValidationError([f"{source}: not valid YAML{where}: {problem}"]) from exc
     if not isinstance(raw, dict):
         raise PipelineValidationError(
-            [f"{source}: a pipeline must be a mapping with api-version, name and operators; "
-             f"got {type(raw).__name__}"]
+            [
+                f"{source}: a pipeline must be a mapping with api-version, name and operators; "
+                f"got {type(raw).__name__}"
+            ]
         )
     try:
         spec = PipelineSpec.model_validate(raw)
@@ -73,7 +77,8 @@ def _where(source: str, operator: str | None, key: str) -> str:
 
 def _schema_problems(exc: ValidationError, raw: dict[str, Any], source: str) -> list[str]:
     problems = []
-    operators = raw.get("operators") if isinstance(raw.get("operators"), list) else []
+    raw_operators = raw.get("operators")
+    operators: list[Any] = raw_operators if isinstance(raw_operators, list) else []
     for err in exc.errors():
         loc = list(err["loc"])
         operator = None
@@ -126,7 +131,9 @@ def _graph_problems(spec: PipelineSpec, source: str) -> list[str]:
             if inp.from_ is None:
                 continue
             if inp.from_ == op.name:
-                problems.append(f"{_where(source, op.name, key + '.from')} an operator cannot read its own output")
+                problems.append(
+                    f"{_where(source, op.name, key + '.from')} an operator cannot read its own output"
+                )
             elif inp.from_ not in outputs:
                 known = ", ".join(o.name for o in spec.operators if o.name != op.name)
                 problems.append(
@@ -180,7 +187,9 @@ def _placeholder_problems(spec: PipelineSpec, source: str) -> list[str]:
     for op in spec.operators:
         for key, name in find_placeholders(op.args):
             if not IDENTIFIER_RE.match(name):
-                problems.append(f"{_where(source, op.name, 'args.' + key)} malformed placeholder '${{{{ {name} }}}}'")
+                problems.append(
+                    f"{_where(source, op.name, 'args.' + key)} malformed placeholder '${{{{ {name} }}}}'"
+                )
             elif name not in spec.parameters:
                 known = ", ".join(spec.parameters) or "none declared"
                 problems.append(
@@ -196,7 +205,7 @@ def import_operator(run: str) -> Callable[..., Any]:
     fn = getattr(importlib.import_module(module_name), attr)
     if not callable(fn):
         raise TypeError(f"'{run}' is not callable")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def _import_problems(spec: PipelineSpec, source: str) -> list[str]:
@@ -209,7 +218,9 @@ def _import_problems(spec: PipelineSpec, source: str) -> list[str]:
             problems.append(f"{where} cannot import '{op.run}': {exc}")
             continue
         except AttributeError:
-            problems.append(f"{where} module has no function '{op.run.partition(':')[2]}' ('{op.run}')")
+            problems.append(
+                f"{where} module has no function '{op.run.partition(':')[2]}' ('{op.run}')"
+            )
             continue
         except TypeError as exc:
             problems.append(f"{where} {exc}")

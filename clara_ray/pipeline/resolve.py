@@ -68,19 +68,26 @@ def coerce_parameter(name: str, default: Any, value: Any) -> Any:
             return float(value)
     except ValueError:
         raise PipelineValidationError(
-            [f"parameter '{name}': value {value!r} is not a {type(default).__name__} "
-             f"like its default {default!r}"]
+            [
+                f"parameter '{name}': value {value!r} is not a {type(default).__name__} "
+                f"like its default {default!r}"
+            ]
         ) from None
     return value
 
 
-def resolve_pipeline(spec: PipelineSpec, overrides: Mapping[str, Any] | None = None) -> ResolvedPipeline:
+def resolve_pipeline(
+    spec: PipelineSpec, overrides: Mapping[str, Any] | None = None
+) -> ResolvedPipeline:
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(spec.parameters))
     if unknown:
         known = ", ".join(spec.parameters) or "none"
         raise PipelineValidationError(
-            [f"pipeline '{spec.name}': unknown parameter '{n}' (parameters: {known})" for n in unknown]
+            [
+                f"pipeline '{spec.name}': unknown parameter '{n}' (parameters: {known})"
+                for n in unknown
+            ]
         )
     params = {
         name: coerce_parameter(name, default, overrides[name]) if name in overrides else default

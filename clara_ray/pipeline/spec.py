@@ -32,9 +32,18 @@ SUPPORTED_API_VERSIONS = ("0.3.0", "0.4.0", "0.5.0", "1.0")
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T|KB|MB|GB|TB)?\s*$")
 _UNITS = {
     None: 2**20,  # a bare number is MiB, as Clara's `requests.memory` was
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-    "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
 }
 
 
@@ -152,7 +161,9 @@ class PipelineSpec(_Strict):
     name: str = Field(description="Pipeline name (lowercase, digits, '-', '_').")
     description: str | None = None
     parameters: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
-    timeout: float | None = Field(None, gt=0, description="Seconds before the whole job is stopped.")
+    timeout: float | None = Field(
+        None, gt=0, description="Seconds before the whole job is stopped."
+    )
     operators: list[OperatorSpec] = Field(min_length=1)
 
     @field_validator("api_version", mode="before")
@@ -160,7 +171,9 @@ class PipelineSpec(_Strict):
     def _api_version(cls, v: Any) -> str:
         text = str(v)
         if text not in SUPPORTED_API_VERSIONS:
-            raise ValueError(f"unsupported api-version {text!r}, expected one of {SUPPORTED_API_VERSIONS}")
+            raise ValueError(
+                f"unsupported api-version {text!r}, expected one of {SUPPORTED_API_VERSIONS}"
+            )
         return text
 
     @field_validator("name")

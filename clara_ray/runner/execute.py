@@ -44,10 +44,14 @@ class OperatorOutcome:
 
 
 class _Capture(logging.Handler):
+    """Collects the operator's log records; pydicom's are left out, since they quote
+    element values verbatim (patient data must never reach a log)."""
+
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.buffer = io.StringIO()
         self.setFormatter(logging.Formatter(_LOG_FORMAT))
+        self.addFilter(lambda record: not record.name.startswith("pydicom"))
 
     def emit(self, record: logging.LogRecord) -> None:
         self.buffer.write(self.format(record) + "\n")
@@ -87,7 +91,9 @@ def run_operator_call(
             gpu_ids=gpu_ids,
         )
         kwargs = {name: payload for name in call.payload_inputs} | inputs | call.args
-        logger.info("operator %s of job %s starting (gpus=%s)", call.operator, call.job_id, list(gpu_ids))
+        logger.info(
+            "operator %s of job %s starting (gpus=%s)", call.operator, call.job_id, list(gpu_ids)
+        )
         result = import_operator(call.run)(ctx, **kwargs)
         outputs = _check_outputs(call, result)
         logger.info("operator %s finished in %.3f s", call.operator, time.time() - started)
@@ -98,7 +104,9 @@ def run_operator_call(
     finally:
         root.removeHandler(capture)
         root.setLevel(old_level)
-        storage.write_log(call.job_id, call.operator, f"{started:.6f}-{attempt}", capture.buffer.getvalue())
+        storage.write_log(
+            call.job_id, call.operator, f"{started:.6f}-{attempt}", capture.buffer.getvalue()
+        )
 
 
 def _check_outputs(call: OperatorCall, result: Any) -> dict[str, Any]:

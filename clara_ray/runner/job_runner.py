@@ -57,7 +57,7 @@ class _Stop(Exception):
         self.reason = reason
 
 
-@ray.remote(num_cpus=0, max_restarts=0, max_concurrency=8)
+@ray.remote(num_cpus=0, max_restarts=0, max_concurrency=8)  # type: ignore[call-overload]
 class JobRunner:
     def __init__(self, config: RunnerConfig) -> None:
         logging.basicConfig(level=logging.INFO)
@@ -76,8 +76,13 @@ class JobRunner:
         with self._lock:
             self._running_since[operator] = started_at
         self._report(
-            "operator_started", self.config.job_id, operator,
-            started_at=started_at, node_id=node_id, node_ip=node_ip, gpu_ids=gpu_ids,
+            "operator_started",
+            self.config.job_id,
+            operator,
+            started_at=started_at,
+            node_id=node_id,
+            node_ip=node_ip,
+            gpu_ids=gpu_ids,
         )
 
     def cancel(self) -> None:
@@ -110,7 +115,9 @@ class JobRunner:
 
     def _run_operators(self) -> None:
         cfg = self.config
-        spec = parse_pipeline(cfg.definition, source=f"pipeline '{cfg.pipeline}'", check_imports=False)
+        spec = parse_pipeline(
+            cfg.definition, source=f"pipeline '{cfg.pipeline}'", check_imports=False
+        )
         plan = resolve_pipeline(spec, cfg.parameters)
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0
         me = ray.get_runtime_context().current_actor
@@ -169,7 +176,10 @@ class JobRunner:
         return meta_ref, dict(zip(call.output_names, out_refs, strict=True))
 
     def _wait(
-        self, pending: dict[Any, ResolvedOperator], deadline: float | None, job_timeout: float | None
+        self,
+        pending: dict[Any, ResolvedOperator],
+        deadline: float | None,
+        job_timeout: float | None,
     ) -> None:
         cfg = self.config
         while pending:
@@ -189,7 +199,9 @@ class JobRunner:
                     self._report_operator_stop(op.name, JobStatus.TIMEOUT, message)
                     raise _Stop(JobStatus.TIMEOUT, message)
             if deadline and now > deadline:
-                raise _Stop(JobStatus.TIMEOUT, f"job exceeded the pipeline timeout of {job_timeout:g} s")
+                raise _Stop(
+                    JobStatus.TIMEOUT, f"job exceeded the pipeline timeout of {job_timeout:g} s"
+                )
 
     def _finish(self, op: ResolvedOperator, ref: Any) -> None:
         cfg = self.config
@@ -205,21 +217,33 @@ class JobRunner:
             self._report_operator_stop(op.name, JobStatus.FAULTED, message)
             raise _Stop(JobStatus.FAULTED, message) from exc
         except ray.exceptions.RayError as exc:  # worker crash after retries, lost object, ...
-            message = f"operator '{op.name}' failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            message = (
+                f"operator '{op.name}' failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            )
             self._report_operator_stop(op.name, JobStatus.FAULTED, message)
             raise _Stop(JobStatus.FAULTED, message) from exc
         duration = meta["ended_at"] - meta["started_at"]
         self._metrics.operator_finished(cfg.pipeline, op.name, str(JobStatus.HEALTHY), duration)
         self._report(
-            "operator_stopped", cfg.job_id, op.name, status=str(JobStatus.HEALTHY),
-            ended_at=meta["ended_at"], started_at=meta["started_at"], node_id=meta["node_id"],
-            node_ip=meta["node_ip"], gpu_ids=meta["gpu_ids"],
+            "operator_stopped",
+            cfg.job_id,
+            op.name,
+            status=str(JobStatus.HEALTHY),
+            ended_at=meta["ended_at"],
+            started_at=meta["started_at"],
+            node_id=meta["node_id"],
+            node_ip=meta["node_ip"],
+            gpu_ids=meta["gpu_ids"],
         )
 
     def _report_operator_stop(self, operator: str, status: JobStatus, message: str) -> None:
         self._report(
-            "operator_stopped", self.config.job_id, operator, status=str(status),
-            ended_at=time.time(), message=message,
+            "operator_stopped",
+            self.config.job_id,
+            operator,
+            status=str(status),
+            ended_at=time.time(),
+            message=message,
         )
 
     def _warn_cpu_fallback(self, operator: str, gpus: float) -> None:
@@ -242,7 +266,9 @@ class JobRunner:
                 return ray.get(getattr(self._core, method).remote(*args, **kwargs), timeout=30)
             except (RayActorError, GetTimeoutError, ValueError) as exc:
                 if time.time() > deadline:
-                    log.error("job %s: Core unreachable, report %s lost: %s", cfg.job_id, method, exc)
+                    log.error(
+                        "job %s: Core unreachable, report %s lost: %s", cfg.job_id, method, exc
+                    )
                     return None
                 self._core = None
                 time.sleep(delay)

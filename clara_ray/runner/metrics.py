@@ -34,7 +34,9 @@ class RunnerMetrics:
         self.jobs.inc(1, tags)
         self.job_seconds.observe(seconds, tags)
 
-    def operator_finished(self, pipeline: str, operator: str, status: str, seconds: float | None) -> None:
+    def operator_finished(
+        self, pipeline: str, operator: str, status: str, seconds: float | None
+    ) -> None:
         self.operators.inc(1, {"pipeline": pipeline, "operator": operator, "status": status})
         if seconds is not None:
             self.operator_seconds.observe(seconds, {"pipeline": pipeline, "operator": operator})

@@ -30,7 +30,10 @@ def operator_task(call: OperatorCall, runner: Any, *values: Any) -> Any:
     if runner is not None:
         runner.operator_started.remote(call.operator, started, node_id, node_ip, list(gpu_ids))
     outcome = run_operator_call(
-        call, dict(zip(call.input_names, values, strict=True)), gpu_ids=gpu_ids, attempt=str(os.getpid())
+        call,
+        dict(zip(call.input_names, values, strict=True)),
+        gpu_ids=gpu_ids,
+        attempt=str(os.getpid()),
     )
     meta = {
         "started_at": outcome.started_at,

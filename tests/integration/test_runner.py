@@ -20,7 +20,9 @@ from tests.conftest import PIPELINES, ROOT
 pytestmark = pytest.mark.ray
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> object:
+def wait_for(
+    condition: Callable[[], object], timeout: float = 60.0, what: str = "condition"
+) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -87,7 +89,9 @@ def test_parameter_override_changes_args(platform, payload_dir, tmp_path):
 
 
 def test_fractional_gpu_request_gets_a_gpu_id(platform, payload_dir, tmp_path):
-    path = pipeline_file(tmp_path, """
+    path = pipeline_file(
+        tmp_path,
+        """
     api-version: 0.4.0
     name: gpu-half
     operators:
@@ -99,7 +103,8 @@ def test_fractional_gpu_request_gets_a_gpu_id(platform, payload_dir, tmp_path):
         run: tests.ops:whoami
         input: [{name: payload}]
         requests: {gpu: 0.5}
-    """)
+    """,
+    )
     job = platform.create_job(str(path), str(payload_dir), start=True)
     described = platform.wait_job(job.job_id, timeout=120)
     assert described["status"] == "Healthy", described
@@ -130,24 +135,44 @@ print(json.dumps(client.wait_job(job.job_id, timeout=120)))
 @pytest.mark.slow
 def test_gpu_operator_falls_back_to_cpu_without_gpus(payload_dir, tmp_path):
     """A separate Ray instance with no GPU resource: the GPU operator runs, with one warning."""
-    path = pipeline_file(tmp_path, one_operator("gpu-one", "tests.ops:whoami", extra="requests: {gpu: 1}"))
+    path = pipeline_file(
+        tmp_path, one_operator("gpu-one", "tests.ops:whoami", extra="requests: {gpu: 1}")
+    )
     proc = subprocess.run(
-        [sys.executable, "-c", CPU_FALLBACK_SCRIPT, str(tmp_path / "data"), str(path),
-         str(payload_dir), str(ROOT)],
-        capture_output=True, text=True, timeout=240, cwd=ROOT, check=False,
+        [
+            sys.executable,
+            "-c",
+            CPU_FALLBACK_SCRIPT,
+            str(tmp_path / "data"),
+            str(path),
+            str(payload_dir),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     described = json.loads(proc.stdout.strip().splitlines()[-1])
     assert described["status"] == "Healthy"
     assert len(described["warnings"]) == 1
-    assert "requests 1 GPU but the cluster has no GPU resource; running it on CPU" in described["warnings"][0]
+    assert (
+        "requests 1 GPU but the cluster has no GPU resource; running it on CPU"
+        in described["warnings"][0]
+    )
     assert described["operators"][0]["gpu_ids"] == []
 
 
 def test_worker_killed_mid_operator_is_retried(platform, payload_dir, tmp_path):
     marker = tmp_path / "pid"
-    path = pipeline_file(tmp_path, one_operator(
-        "crashy", "tests.ops:crash_once", args=f"{{marker: '{marker}'}}", extra="retries: 2"))
+    path = pipeline_file(
+        tmp_path,
+        one_operator(
+            "crashy", "tests.ops:crash_once", args=f"{{marker: '{marker}'}}", extra="retries: 2"
+        ),
+    )
     job = platform.create_job(str(path), str(payload_dir), start=True)
     pid = int(wait_for(lambda: marker.exists() and marker.read_text(), what="operator pid"))
     os.kill(pid, signal.SIGKILL)
@@ -161,10 +186,14 @@ def test_worker_killed_mid_operator_is_retried(platform, payload_dir, tmp_path):
 
 def test_worker_killed_without_retries_faults_the_job(platform, payload_dir, tmp_path):
     marker = tmp_path / "pid"
-    path = pipeline_file(tmp_path, one_operator(
-        "crashy-no-retry", "tests.ops:crash_once", args=f"{{marker: '{marker}'}}"))
+    path = pipeline_file(
+        tmp_path,
+        one_operator("crashy-no-retry", "tests.ops:crash_once", args=f"{{marker: '{marker}'}}"),
+    )
     job = platform.create_job(str(path), str(payload_dir), start=True)
-    os.kill(int(wait_for(lambda: marker.exists() and marker.read_text(), what="pid")), signal.SIGKILL)
+    os.kill(
+        int(wait_for(lambda: marker.exists() and marker.read_text(), what="pid")), signal.SIGKILL
+    )
     described = platform.wait_job(job.job_id, timeout=120)
     assert described["status"] == "Faulted"
     assert "operator 'only' failed" in described["reason"]
@@ -174,7 +203,10 @@ def test_worker_killed_without_retries_faults_the_job(platform, payload_dir, tmp
 def test_core_killed_mid_job_keeps_state_and_job_completes(platform, payload_dir, tmp_path):
     path = pipeline_file(tmp_path, one_operator("sleepy", "tests.ops:sleep", args="{seconds: 4}"))
     job = platform.create_job(str(path), str(payload_dir), metadata={"ward": "icu"}, start=True)
-    wait_for(lambda: operator(platform, job.job_id, "only")["state"] == "Running", what="operator running")
+    wait_for(
+        lambda: operator(platform, job.job_id, "only")["state"] == "Running",
+        what="operator running",
+    )
     before = platform.call("list_pipelines")
     ray.kill(platform.core, no_restart=False)
     described = platform.wait_job(job.job_id, timeout=120)
@@ -187,8 +219,10 @@ def test_core_killed_mid_job_keeps_state_and_job_completes(platform, payload_dir
 
 def test_cancel_stops_the_running_task(platform, payload_dir, tmp_path):
     marker = tmp_path / "pid"
-    path = pipeline_file(tmp_path, one_operator(
-        "long", "tests.ops:sleep", args=f"{{seconds: 60, marker: '{marker}'}}"))
+    path = pipeline_file(
+        tmp_path,
+        one_operator("long", "tests.ops:sleep", args=f"{{seconds: 60, marker: '{marker}'}}"),
+    )
     job = platform.create_job(str(path), str(payload_dir), start=True)
     pid = int(wait_for(lambda: marker.exists() and marker.read_text(), what="operator pid"))
     canceled = platform.call("cancel_job", job.job_id)
@@ -208,8 +242,9 @@ def test_cancel_stops_the_running_task(platform, payload_dir, tmp_path):
 
 
 def test_operator_timeout(platform, payload_dir, tmp_path):
-    path = pipeline_file(tmp_path, one_operator(
-        "slow", "tests.ops:sleep", args="{seconds: 60}", extra="timeout: 1"))
+    path = pipeline_file(
+        tmp_path, one_operator("slow", "tests.ops:sleep", args="{seconds: 60}", extra="timeout: 1")
+    )
     job = platform.create_job(str(path), str(payload_dir), start=True)
     described = platform.wait_job(job.job_id, timeout=60)
     assert (described["state"], described["status"]) == ("Stopped", "Timeout")
@@ -218,7 +253,9 @@ def test_operator_timeout(platform, payload_dir, tmp_path):
 
 
 def test_job_timeout(platform, payload_dir, tmp_path):
-    path = pipeline_file(tmp_path, """
+    path = pipeline_file(
+        tmp_path,
+        """
     api-version: 0.4.0
     name: slow-job
     timeout: 1.5
@@ -227,7 +264,8 @@ def test_job_timeout(platform, payload_dir, tmp_path):
         run: tests.ops:sleep
         args: {seconds: 60}
         input: [{name: payload}]
-    """)
+    """,
+    )
     job = platform.create_job(str(path), str(payload_dir), start=True)
     described = platform.wait_job(job.job_id, timeout=60)
     assert described["status"] == "Timeout"
@@ -239,13 +277,17 @@ def test_operator_exception_faults_job_with_its_message(platform, payload_dir, t
     job = platform.create_job(str(path), str(payload_dir), start=True)
     described = platform.wait_job(job.job_id, timeout=60)
     assert described["status"] == "Faulted"
-    assert described["reason"] == "operator 'only' failed: ValueError: the test operator failed on purpose"
+    assert (
+        described["reason"]
+        == "operator 'only' failed: ValueError: the test operator failed on purpose"
+    )
     assert "the test operator failed on purpose" in platform.logs(job.job_id, "only")["only"]
 
 
 def test_undeclared_outputs_fault_the_job(platform, payload_dir, tmp_path):
-    path = pipeline_file(tmp_path, one_operator(
-        "wrong", "tests.ops:wrong_outputs", extra="output: [{name: volume}]"))
+    path = pipeline_file(
+        tmp_path, one_operator("wrong", "tests.ops:wrong_outputs", extra="output: [{name: volume}]")
+    )
     job = platform.create_job(str(path), str(payload_dir), start=True)
     described = platform.wait_job(job.job_id, timeout=60)
     assert described["status"] == "Faulted"

@@ -1,0 +1,55 @@
+# clara-ray: `make run` starts the embedded platform and runs the sample job; `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?= $(HOME)/.clara-ray
+SAMPLE := $(DATA)/sample-study
+PEERS  := dcmtk dicom3tools
+
+.PHONY: setup peers run stop test test-unit bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,ai]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Real DICOM peers the tests talk to (Debian packages); installed only when missing.
+peers:
+	@missing=""; for p in $(PEERS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+run: setup
+	$(BIN)/clara-ray up
+	@test -f $(SAMPLE)/CT000001.dcm || $(BIN)/clara-ray sample-study $(SAMPLE)
+	$(BIN)/python -m clara_ray.run pipelines/ct-lung-bone.yaml $(SAMPLE) --download results
+	@echo
+	@$(BIN)/clara-ray status
+	@echo
+	@echo "The platform stays up: try '$(BIN)/clara-ray list jobs'; 'make stop' stops it."
+
+stop:
+	@if [ -x $(BIN)/clara-ray ]; then $(BIN)/clara-ray down; fi
+
+test: setup peers
+	$(BIN)/python -m pytest
+
+test-unit: setup
+	$(BIN)/python -m pytest tests/unit
+
+bench: setup peers
+	$(BIN)/python -m benchmarks
+
+lint: setup
+	$(BIN)/ruff check clara_ray pipelines serve tests benchmarks
+	$(BIN)/ruff format --check clara_ray pipelines serve tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache results

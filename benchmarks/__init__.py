@@ -1,0 +1,1 @@
+"""`make bench`: each benchmark runs our side and the peer it is compared with, in one run."""

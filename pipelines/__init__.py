@@ -1,0 +1,1 @@
+"""Reference pipelines of clara-ray: YAML definitions and the operators only they use."""

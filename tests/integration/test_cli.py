@@ -1,0 +1,189 @@
+"""The `clara-ray` CLI against a platform it starts itself (a local Ray head on free ports)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+BIN = Path(sys.executable).parent
+
+
+class Cli:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [str(BIN / "clara-ray"), *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"clara-ray {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+            )
+        return proc
+
+    def json(self, *args: str) -> object:
+        return json.loads(self("--json", *args).stdout)
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory) -> Iterator[Cli]:
+    data = tmp_path_factory.mktemp("cli-data")
+    env = {
+        **os.environ,
+        "CLARA_RAY_DATA_DIR": str(data),
+        "CLARA_RAY_RAY__GCS_PORT": str(free_port()),
+        "CLARA_RAY_RAY__DASHBOARD_PORT": str(free_port()),
+        "CLARA_RAY_RAY__NUM_CPUS": "2",
+        "CLARA_RAY_SERVE__PORT": str(free_port()),
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("RAY_ADDRESS", None)
+    runner = Cli(env)
+    try:
+        yield runner
+    finally:
+        runner("down", check=False)
+
+
+def test_status_before_up_says_not_running(cli):
+    proc = cli("status", check=False)
+    assert proc.returncode == 3
+    assert "not running" in proc.stdout
+
+
+def test_commands_need_a_running_platform(cli):
+    proc = cli("list", "jobs", check=False)
+    assert proc.returncode == 3
+    assert "start it with `clara-ray up`" in proc.stderr
+
+
+def test_validate_pipeline_reports_problems(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "api-version: 0.4.0\nname: bad\noperators:\n  - name: a\n    run: nope.module:fn\n"
+    )
+    proc = cli("validate", "pipeline", str(bad), check=False)
+    assert proc.returncode == 1
+    assert f"{bad}: operator 'a': key 'run': cannot import 'nope.module:fn'" in proc.stdout
+    ok = cli.json("validate", "pipeline", "pipelines/ct-lung-bone.yaml")
+    assert ok == {
+        "valid": True,
+        "name": "ct-lung-bone",
+        "operators": ["load", "segment", "label-map", "measure"],
+    }
+
+
+def test_full_cycle(cli, tmp_path):
+    status = cli.json("up")
+    assert status["running"] is True
+    assert any(a["name"] == "clara-core" for a in status["actors"])
+    assert status["dashboard_url"].startswith("http://127.0.0.1:")
+
+    study = tmp_path / "study"
+    written = cli.json("sample-study", str(study), "--slices", "24")
+    assert written["files"] == 24
+
+    pipeline = cli.json("create", "pipeline", "pipelines/ct-lung-bone.yaml")
+    assert pipeline["name"] == "ct-lung-bone" and pipeline["version"] == 1
+    payload = cli.json("create", "payload", str(study), "--name", "sample-ct")
+    assert payload["files"] == 24
+
+    described = cli.json(
+        "create",
+        "job",
+        "-p",
+        "ct-lung-bone",
+        "-f",
+        "sample-ct",
+        "--start",
+        "--wait",
+        "--timeout",
+        "240",
+        "--meta",
+        "accession=A1",
+    )
+    assert (described["state"], described["status"]) == ("Stopped", "Healthy"), described
+    job_id = described["job_id"]
+    again = cli.json("describe", "job", job_id)
+    assert again["metadata"] == {"accession": "A1"}
+    for op in again["operators"]:
+        assert op["status"] == "Healthy" and op["node_id"] and op["duration"] is not None
+
+    jobs = cli.json("list", "jobs", "--state", "Stopped")
+    assert [j["job_id"] for j in jobs] == [job_id]
+    logs = cli.json("logs", job_id, "--operator", "load")
+    assert list(logs) == ["load"] and "operator load finished" in logs["load"]
+
+    dest = tmp_path / "dl"
+    got = cli.json("download", f"{job_id}:/operators/measure", str(dest))
+    assert got["files"] == ["measurements.json"]
+    measured = json.loads((dest / "measurements.json").read_text())
+    assert {s["name"] for s in measured["segments"]} == {"body", "lungs", "bone"}
+
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{cli.env['CLARA_RAY_SERVE__PORT']}/api/v1/jobs/{job_id}", timeout=30
+    ) as resp:
+        api_job = json.loads(resp.read())
+    assert api_job["status"] == "Healthy" and len(api_job["operators"]) == 4
+
+    missing = cli("describe", "job", "no-such-job", check=False)
+    assert missing.returncode == 1 and "job 'no-such-job' does not exist" in missing.stderr
+
+
+def test_ray_job_submit_runs_one_job(cli, tmp_path):
+    study = tmp_path / "study"
+    cli("sample-study", str(study), "--slices", "16")
+    dashboard = f"http://127.0.0.1:{cli.env['CLARA_RAY_RAY__DASHBOARD_PORT']}"
+    proc = subprocess.run(
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            dashboard,
+            "--working-dir",
+            str(ROOT),
+            "--",
+            "python",
+            "-m",
+            "clara_ray.run",
+            "pipelines/ct-lung-bone.yaml",
+            str(study),
+            "--json",
+        ],
+        env={**cli.env, "RAY_AUTH_MODE": "token"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert '"status": "Healthy"' in proc.stdout
+
+
+def test_down_leaves_no_ray_processes(cli):
+    cli("down")
+    port = cli.env["CLARA_RAY_RAY__GCS_PORT"]
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert f"--gcs-address=127.0.0.1:{port}" not in ps and f"gcs_server_port={port}" not in ps
+    assert cli("status", check=False).returncode == 3
