@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= $(HOME)/.clara-ray
 SAMPLE := $(DATA)/sample-study
-PEERS  := dcmtk dicom3tools
+PEERS  := dcmtk dicom3tools orthanc openssl
 
 .PHONY: setup peers run stop test test-unit bench lint clean
 
@@ -28,7 +28,7 @@ peers:
 run: setup
 	$(BIN)/clara-ray up
 	@test -f $(SAMPLE)/CT000001.dcm || $(BIN)/clara-ray sample-study $(SAMPLE)
-	$(BIN)/python -m clara_ray.run pipelines/ct-lung-bone.yaml $(SAMPLE) --download results
+	$(BIN)/python -m clara_ray.run pipelines/ct-lung-bone.yaml $(SAMPLE) --param destination=none --download results
 	@echo
 	@$(BIN)/clara-ray status
 	@echo

@@ -21,9 +21,19 @@ from clara_ray.pipeline import load_pipeline
 from clara_ray.settings import Settings
 from clara_ray.storage import FileEntry, Storage
 
-__all__ = ["PlatformClient"]
+__all__ = ["PlatformClient", "call_actor"]
 
 Progress = Callable[[int], None]
+
+
+def call_actor(actor: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call an actor method and wait; a ClaraError raised in the actor is raised as itself."""
+    try:
+        return ray.get(getattr(actor, method).remote(*args, **kwargs))
+    except RayTaskError as exc:
+        if isinstance(exc.cause, ClaraError):
+            raise exc.cause from None
+        raise
 
 
 def _job_runtime_env() -> dict[str, Any]:
@@ -55,12 +65,7 @@ class PlatformClient:
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call a Core method; a ClaraError raised in the Core is raised here as itself."""
-        try:
-            return ray.get(getattr(self.core, method).remote(*args, **kwargs))
-        except RayTaskError as exc:
-            if isinstance(exc.cause, ClaraError):
-                raise exc.cause from None
-            raise
+        return call_actor(self.core, method, *args, **kwargs)
 
     # -- pipelines -------------------------------------------------------------
     def create_pipeline(self, path: str | Path) -> PipelineRecord:

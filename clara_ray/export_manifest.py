@@ -60,7 +60,6 @@ DESTINATION_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _KEYS = {"version", "destinations", "files"}
 
 
-
 def check_destination(name: object) -> str:
     """``name`` when it is a valid destination name; raises otherwise."""
     if not isinstance(name, str):

@@ -8,9 +8,11 @@ Any other address joins an existing cluster (KubeRay, ``ray start``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import ray
 
 from clara_ray.client import PlatformClient
@@ -103,6 +106,37 @@ def _start_local_ray(settings: Settings) -> dict[str, Any]:
     return info
 
 
+def _stop_local_head(gcs_port: int, grace: float = 10.0) -> int:
+    """Stop the processes of the local Ray cluster on ``gcs_port`` and their children.
+
+    Unlike ``ray stop``, other Ray clusters on the machine are left alone: the
+    cluster is found by its GCS port and its session folder in command lines.
+    """
+    port = re.compile(rf"[:=]{gcs_port}(\s|$)")
+    commands = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        commands[proc] = " ".join(proc.info["cmdline"] or [])
+    roots = {p for p, cmd in commands.items() if port.search(cmd)}
+    sessions = {s for p in roots for s in re.findall(r"session_[0-9_-]+", commands[p])}
+    roots |= {p for p, cmd in commands.items() if any(s in cmd for s in sessions)}
+    procs = set(roots)
+    for root in roots:
+        try:
+            procs.update(root.children(recursive=True))
+        except psutil.NoSuchProcess:
+            continue
+    procs = {p for p in procs if p.pid != os.getpid()}
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _gone, alive = psutil.wait_procs(list(procs), timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    return len(procs)
+
+
 def _address(settings: Settings) -> str:
     if settings.ray.address != "local":
         return settings.ray.address
@@ -139,6 +173,10 @@ def up(settings: Settings) -> dict[str, Any]:
     _init(_address(settings), settings)
     core = get_or_create_core(settings)
     ray.get(core.ping.remote(), timeout=120)
+    if settings.dicom.enabled:
+        from clara_ray.dicom.actors import get_or_create_adapter
+
+        ray.get(get_or_create_adapter(settings).status.remote(), timeout=120)
     if settings.serve.enabled:
         from clara_ray.serving import deploy_api
 
@@ -147,32 +185,33 @@ def up(settings: Settings) -> dict[str, Any]:
 
 
 def down(settings: Settings) -> dict[str, Any]:
-    """Stop the platform's actors; stop the local Ray head if ``up`` started it."""
-    stopped: list[str] = []
-    info = local_ray_info(settings) if settings.ray.address == "local" else None
-    if settings.ray.address != "local" or info is not None:
-        _init(_address(settings), settings)
-        if settings.serve.enabled:
-            from ray import serve
-
-            serve.shutdown()
-            stopped.append("serve")
-        for actor in ray.util.list_named_actors(all_namespaces=True):
-            if actor["namespace"] == settings.ray.namespace and actor["name"].startswith("clara-"):
-                try:
-                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
-                except ValueError:  # it exited meanwhile (a job runner that finished)
-                    continue
-                stopped.append(actor["name"])
-        ray.shutdown()
-    if info is not None:
+    """Stop the platform: the whole local Ray head if ``up`` started it, else (on a shared
+    cluster) the HTTP API and the platform's actors."""
+    if settings.ray.address == "local":
+        if local_ray_info(settings) is None:
+            return {"stopped": []}
         proc = subprocess.run(
             [_ray_cli(), "stop", "--force"], capture_output=True, text=True, check=False
         )
-        stopped.append("ray")
         if proc.returncode != 0:
             raise ClaraError(f"`ray stop` failed: {proc.stderr.strip()}")
         (settings.run_dir / _STATE_FILE).unlink(missing_ok=True)
+        return {"stopped": ["ray"]}
+    stopped: list[str] = []
+    _init(_address(settings), settings)
+    if settings.serve.enabled:
+        from ray import serve
+
+        serve.shutdown()
+        stopped.append("serve")
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == settings.ray.namespace and actor["name"].startswith("clara-"):
+            try:
+                ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+            except ValueError:  # it exited meanwhile (a job runner that finished)
+                continue
+            stopped.append(actor["name"])
+    ray.shutdown()
     return {"stopped": stopped}
 
 
@@ -205,4 +244,26 @@ def status(settings: Settings) -> dict[str, Any]:
         from clara_ray.serving import serve_status
 
         out["serve"] = serve_status(settings)
+    out["dicom"] = _dicom_status(settings)
+    return out
+
+
+def _dicom_status(settings: Settings) -> dict[str, Any]:
+    d = settings.dicom
+    out: dict[str, Any] = {
+        "enabled": d.enabled,
+        "host": d.host,
+        "port": d.port,
+        "ae_title": d.ae_title,
+        "running": False,
+    }
+    if not d.enabled:
+        return out
+    from clara_ray.dicom.actors import ADAPTER_NAME
+
+    try:
+        adapter = ray.get_actor(ADAPTER_NAME, namespace=settings.ray.namespace)
+        out.update(ray.get(adapter.status.remote(), timeout=30), running=True)
+    except (ValueError, ray.exceptions.RayError) as exc:
+        out["error"] = str(exc).splitlines()[0]
     return out

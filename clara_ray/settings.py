@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from clara_ray.dicom.config import DicomSettings
 from clara_ray.errors import ConfigError
 
 __all__ = [
@@ -110,6 +111,9 @@ class Settings(_Section):
     ray: RaySettings = Field(default_factory=RaySettings)
     core: CoreSettings = Field(default_factory=CoreSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    dicom: DicomSettings = Field(
+        default_factory=DicomSettings, description="The DICOM adapter (listener, export, seeds)."
+    )
 
     @field_validator("data_dir")
     @classmethod
@@ -123,6 +127,10 @@ class Settings(_Section):
     @property
     def database(self) -> Path:
         return (self.state_db or self.data_dir / "state" / "clara.db").expanduser()
+
+    @property
+    def spool_dir(self) -> Path:
+        return (self.dicom.spool_dir or self.data_dir / "spool").expanduser()
 
     @property
     def run_dir(self) -> Path:

@@ -186,24 +186,52 @@ class Storage:
 
     # -- payloads --------------------------------------------------------------
     def upload_payload(
-        self, payload_id: str, source: Path, progress: Progress | None = None
+        self,
+        payload_id: str,
+        source: Path,
+        progress: Progress | None = None,
+        *,
+        files: list[Path] | None = None,
+        link: bool = False,
     ) -> list[FileEntry]:
-        """Copy every file below ``source`` (or ``source`` itself) into a new payload."""
+        """Copy every file below ``source`` (or ``source`` itself, or only ``files`` below it)
+        into a new payload.  With ``link`` on local storage, files are hard-linked when
+        source and storage share a filesystem (the spool's files are never written again)."""
         source = Path(source)
         if not source.exists():
             raise NotFoundError(f"payload source {source} does not exist")
         if self.is_sealed(payload_id):
             raise PayloadSealedError(f"payload {payload_id} is already sealed")
-        files = (
-            [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
-        )
+        if files is None:
+            files = (
+                [source]
+                if source.is_file()
+                else sorted(p for p in source.rglob("*") if p.is_file())
+            )
         base = source.parent if source.is_file() else source
         data = posixpath.join(self.payload_root(payload_id), "data")
-        return [
-            FileEntry(rel, self.copy_in(f, posixpath.join(data, rel), progress))
-            for f in files
-            for rel in [f.relative_to(base).as_posix()]
-        ]
+        entries = []
+        for f in files:
+            rel = f.relative_to(base).as_posix()
+            target = posixpath.join(data, _clean_relative(rel))
+            if link and self.is_local and self._link(f, target):
+                size = f.stat().st_size
+                if progress:
+                    progress(size)
+            else:
+                size = self.copy_in(f, target, progress)
+            entries.append(FileEntry(rel, size))
+        return entries
+
+    def _link(self, source: Path, target: str) -> bool:
+        try:
+            os.makedirs(posixpath.dirname(target), exist_ok=True)
+            if os.path.exists(target):
+                os.unlink(target)
+            os.link(source, target)
+        except OSError:
+            return False
+        return True
 
     def seal_payload(self, payload_id: str) -> PayloadManifest:
         """Write the manifest (sealing the payload); idempotent."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -67,10 +68,8 @@ def platform(ray_session: None, settings) -> Iterator:
     yield client
     for actor in ray.util.list_named_actors(all_namespaces=True):
         if actor["namespace"] == settings.ray.namespace:
-            try:
+            with contextlib.suppress(ValueError):  # a job runner that finished meanwhile
                 ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
-            except ValueError:  # a job runner that finished meanwhile
-                pass
 
 
 @pytest.fixture

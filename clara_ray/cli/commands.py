@@ -44,6 +44,10 @@ def _status_text(st: dict[str, Any]) -> str:
         lines.append(f"http api:   {st['serve'].get('url') or '-'}")
         for app in st["serve"].get("applications", []):
             lines.append(f"  serve app {app['name']}: {app['status']}")
+    dicom = st.get("dicom") or {}
+    if dicom.get("enabled"):
+        state = "listening" if dicom.get("running") else "not running"
+        lines.append(f"dicom:      {dicom['ae_title']}@{dicom['host']}:{dicom['port']} ({state})")
     lines.append("actors:     " + (", ".join(a["name"] for a in st["actors"]) or "-"))
     return "\n".join(lines)
 

@@ -10,16 +10,16 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 # The platform runs Ray with token authentication (the token lives in ~/.ray/auth_token).
 # Ray reads RAY_AUTH_MODE once, when it is imported, so decide it before anything imports
 # ray; RAY_AUTH_MODE=disabled in the environment opts out for clusters without tokens.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-from clara_ray.cli import commands
+from clara_ray.cli import commands, dicom_commands
 from clara_ray.cli.output import EXIT_ERROR, EXIT_NOT_RUNNING
 from clara_ray.errors import ClaraError, PlatformNotRunningError
 from clara_ray.settings import load_settings
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="with --start: wait until it stops")
     p.add_argument("--timeout", type=float, help="seconds to wait with --wait")
 
-    lst = verb("list", "list pipelines, payloads or jobs")
+    lst = verb("list", "list pipelines, payloads, jobs or exports")
     _add(lst, "pipelines", commands.list_pipelines, "list pipelines")
     _add(lst, "payloads", commands.list_payloads, "list payloads")
     p = _add(lst, "jobs", commands.list_jobs, "list jobs")
@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = simple("download", commands.download, "copy a job's results: JOB[:/operators/OP] DEST")
     p.add_argument("source", help="JOB_ID or JOB_ID:/operators/OPERATOR")
     p.add_argument("dest", type=Path)
+
+    dicom_commands.add_parsers(verbs, common, lst)
 
     validate = verb("validate", "check a pipeline file without storing it")
     _add(validate, "pipeline", commands.validate_pipeline, "validate a pipeline file").add_argument(

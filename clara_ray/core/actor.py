@@ -39,6 +39,13 @@ _SERVICE_METHODS = (
     "operator_stopped",
     "job_warning",
     "job_stopped",
+    "dicom_put",
+    "dicom_delete",
+    "dicom_config",
+    "claim_export",
+    "export_finished",
+    "get_export",
+    "list_exports",
 )
 log = logging.getLogger(__name__)
 
@@ -99,6 +106,7 @@ class CoreActor:
             RayRunnerLauncher(settings),
             max_concurrent_jobs=settings.core.max_concurrent_jobs,
         )
+        self.service.dicom_seed(settings.dicom)
         self.service.recover()
         self._stop = threading.Event()
         threading.Thread(
@@ -126,7 +134,8 @@ class CoreActor:
 
 def _delegate(name: str) -> Any:
     def method(self: CoreActor, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.service, name)(*args, **kwargs)
+        with self.service._lock:  # one call at a time, also against the reconcile loop
+            return getattr(self.service, name)(*args, **kwargs)
 
     method.__name__ = name
     method.__doc__ = getattr(CoreService, name).__doc__

@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
+from clara_ray.core.dicom_registry import DicomRegistryMixin
+from clara_ray.core.exports import ExportsMixin
 from clara_ray.core.model import (
     JobPriority,
     JobRecord,
@@ -54,7 +56,7 @@ def _locked(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class CoreService:
+class CoreService(ExportsMixin, DicomRegistryMixin):
     def __init__(
         self,
         store: Store,
@@ -240,6 +242,7 @@ class CoreService:
         return {
             **job.to_dict(),
             "operators": [op.to_dict() for op in self.store.list_operators(job_id)],
+            "exports": [e.to_dict() for e in self.store.list_exports(job_id=job_id)],
             "results": [
                 {"path": f.path, "size": f.size} for f in self.storage.list_results(job_id)
             ],
@@ -248,7 +251,7 @@ class CoreService:
     @_locked
     def list_jobs(self, state: str | None = None, pipeline: str | None = None) -> list[JobRecord]:
         st = JobState.parse(state, "state") if state else None
-        return self.store.list_jobs(st, pipeline)  # type: ignore[arg-type]
+        return self.store.list_jobs(st, pipeline)
 
     @_locked
     def update_metadata(self, job_id: str, metadata: Mapping[str, str]) -> JobRecord:
@@ -348,6 +351,8 @@ class CoreService:
         job = self.get_job(job_id)
         if job.state is not JobState.STOPPED:
             self._stop(job, JobStatus(status), reason)
+            if job.status is JobStatus.HEALTHY:
+                self._create_exports(job)
         self._admit()
         return job
 

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
+from clara_ray.core.exports import ExportRecord, ExportState
 from clara_ray.core.model import (
     JobPriority,
     JobRecord,
@@ -42,6 +43,14 @@ class Store(Protocol):
     ) -> list[JobRecord]: ...
     def put_operator(self, rec: OperatorRecord) -> None: ...
     def list_operators(self, job_id: str) -> list[OperatorRecord]: ...
+    def put_dicom_entry(self, kind: str, key: str, body: dict[str, Any]) -> None: ...
+    def delete_dicom_entry(self, kind: str, key: str) -> bool: ...
+    def list_dicom_entries(self) -> list[tuple[str, dict[str, Any]]]: ...
+    def put_export(self, rec: ExportRecord) -> None: ...
+    def get_export(self, export_id: str) -> ExportRecord | None: ...
+    def list_exports(
+        self, job_id: str | None = None, states: tuple[str, ...] | None = None
+    ) -> list[ExportRecord]: ...
     def close(self) -> None: ...
 
 
@@ -64,6 +73,14 @@ CREATE TABLE IF NOT EXISTS operators (
     job_id TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, status TEXT NOT NULL,
     attempts INTEGER NOT NULL, started_at REAL, ended_at REAL, node_id TEXT, node_ip TEXT,
     gpu_ids TEXT NOT NULL, message TEXT, PRIMARY KEY (job_id, name));
+CREATE TABLE IF NOT EXISTS dicom_entries (
+    kind TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, key));
+CREATE TABLE IF NOT EXISTS exports (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, export_id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL,
+    operator TEXT NOT NULL, destination TEXT NOT NULL, files TEXT NOT NULL, state TEXT NOT NULL,
+    attempts INTEGER NOT NULL, reason TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL, lease_until REAL, sent INTEGER NOT NULL, details TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS exports_job ON exports(job_id);
 """
 
 _JOB_COLUMNS = (
@@ -84,6 +101,22 @@ _JOB_COLUMNS = (
     "queued_at",
     "started_at",
     "ended_at",
+)
+_EXPORT_COLUMNS = (
+    "export_id",
+    "job_id",
+    "operator",
+    "destination",
+    "files",
+    "state",
+    "attempts",
+    "reason",
+    "created_at",
+    "updated_at",
+    "next_attempt_at",
+    "lease_until",
+    "sent",
+    "details",
 )
 _OP_COLUMNS = (
     "job_id",
@@ -283,3 +316,67 @@ class SQLiteStore:
             d["status"] = JobStatus(d["status"])
             out.append(OperatorRecord(**d))
         return out
+
+    # -- DICOM configuration ---------------------------------------------------
+    def put_dicom_entry(self, kind: str, key: str, body: dict[str, Any]) -> None:
+        self._write(
+            "INSERT INTO dicom_entries VALUES (?,?,?) "
+            "ON CONFLICT(kind, key) DO UPDATE SET body=excluded.body",
+            (kind, key, json.dumps(body)),
+        )
+
+    def delete_dicom_entry(self, kind: str, key: str) -> bool:
+        return self._write("DELETE FROM dicom_entries WHERE kind=? AND key=?", (kind, key)) > 0
+
+    def list_dicom_entries(self) -> list[tuple[str, dict[str, Any]]]:
+        rows = self._read("SELECT kind, body FROM dicom_entries ORDER BY kind, key")
+        return [(r["kind"], json.loads(r["body"])) for r in rows]
+
+    # -- exports ---------------------------------------------------------------
+    def put_export(self, rec: ExportRecord) -> None:
+        values = (
+            rec.export_id,
+            rec.job_id,
+            rec.operator,
+            rec.destination,
+            json.dumps(rec.files),
+            str(rec.state),
+            rec.attempts,
+            rec.reason,
+            rec.created_at,
+            rec.updated_at,
+            rec.next_attempt_at,
+            rec.lease_until,
+            rec.sent,
+            json.dumps(rec.details),
+        )
+        updates = ", ".join(f"{c}=excluded.{c}" for c in _EXPORT_COLUMNS[1:])
+        self._write(
+            f"INSERT INTO exports ({', '.join(_EXPORT_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(values))}) ON CONFLICT(export_id) DO UPDATE SET {updates}",
+            values,
+        )
+
+    @staticmethod
+    def _export(row: sqlite3.Row) -> ExportRecord:
+        d = {k: row[k] for k in _EXPORT_COLUMNS}
+        d["files"] = json.loads(d["files"])
+        d["details"] = json.loads(d["details"])
+        d["state"] = ExportState(d["state"])
+        return ExportRecord(**d)
+
+    def get_export(self, export_id: str) -> ExportRecord | None:
+        rows = self._read("SELECT * FROM exports WHERE export_id=?", (export_id,))
+        return self._export(rows[0]) if rows else None
+
+    def list_exports(
+        self, job_id: str | None = None, states: tuple[str, ...] | None = None
+    ) -> list[ExportRecord]:
+        sql, params = "SELECT * FROM exports WHERE 1=1", []
+        if job_id is not None:
+            sql += " AND job_id=?"
+            params.append(job_id)
+        if states:
+            sql += f" AND state IN ({', '.join('?' * len(states))})"
+            params.extend(states)
+        return [self._export(r) for r in self._read(sql + " ORDER BY seq", tuple(params))]

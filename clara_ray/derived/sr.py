@@ -120,6 +120,29 @@ def _measurements(entry: Mapping[str, Any], with_hu: bool) -> list[hd.sr.Measure
     return items
 
 
+def _referenced_segment(seg: Dataset, number: int) -> hd.sr.ReferencedSegment:
+    """The SR's reference to one segment of ``seg``.
+
+    highdicom's ``ReferencedSegment.from_segmentation`` reads the segment of each
+    frame from the per-frame functional groups; a SEG with a single segment keeps
+    it in the shared functional groups instead, so that case is built here.
+    """
+    frames = seg.get("PerFrameFunctionalGroupsSequence") or []
+    if all("SegmentIdentificationSequence" in item for item in frames):
+        return hd.sr.ReferencedSegment.from_segmentation(seg, number)
+    sources = [
+        hd.sr.SourceImageForSegmentation(inst.ReferencedSOPClassUID, inst.ReferencedSOPInstanceUID)
+        for series in seg.ReferencedSeriesSequence
+        for inst in series.ReferencedInstanceSequence
+    ]
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID,
+        sop_instance_uid=seg.SOPInstanceUID,
+        segment_number=number,
+        source_images=sources,
+    )
+
+
 def _group(
     seg: Dataset,
     segment: _Segment,
@@ -134,7 +157,7 @@ def _group(
     )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
-        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, segment.number),
+        referenced_segment=_referenced_segment(seg, segment.number),
         finding_type=segment.type,
         finding_category=segment.category,
         algorithm_id=algorithm,

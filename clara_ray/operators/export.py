@@ -73,7 +73,8 @@ def export_dicom(
 
     Args:
         destinations: destination names configured in the DICOM adapter, as a
-            list or a comma-separated string (``"PACS, RESEARCH"``).
+            list or a comma-separated string (``"PACS, RESEARCH"``); ``"none"``
+            turns the export off (no manifest is written).
 
     Inputs (any names, e.g. ``files``, ``seg_files``, ``sr_files``): each a
     result path ``"<operator>/<name>"`` relative to the job's results root, or
@@ -90,6 +91,9 @@ def export_dicom(
         ExportManifestError: a destination name is invalid or none is given.
         TypeError: an input is neither a string nor a list of strings.
     """
+    if isinstance(destinations, str) and destinations.strip().lower() == "none":
+        ctx.logger.info("export off for job %s (destinations: none)", ctx.job_id)
+        return {}
     names = split_destinations(destinations)
     storage = ctx.results.storage
     job_root = storage.results_root(ctx.job_id)

@@ -8,6 +8,7 @@ from clara_ray.pipeline.spec import (
     OutputSpec,
     PipelineSpec,
     Requests,
+    ServiceSpec,
 )
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "Requests",
     "ResolvedOperator",
     "ResolvedPipeline",
+    "ServiceSpec",
     "load_pipeline",
     "parse_pipeline",
     "resolve_pipeline",

@@ -106,6 +106,9 @@ def _dotted(loc: list[Any]) -> str:
 
 def _graph_problems(spec: PipelineSpec, source: str) -> list[str]:
     problems: list[str] = []
+    service_names = [s.name for s in spec.services]
+    for dup in sorted({n for n in service_names if service_names.count(n) > 1}):
+        problems.append(f"{_where(source, None, 'services')} duplicate service name '{dup}'")
     outputs: dict[str, set[str]] = {}
     for op in spec.operators:
         if op.name in outputs:
@@ -183,18 +186,20 @@ def _find_cycle(spec: PipelineSpec) -> list[str] | None:
 
 
 def _placeholder_problems(spec: PipelineSpec, source: str) -> list[str]:
+    places: list[tuple[str | None, str, Any]] = [
+        (op.name, "args", op.args) for op in spec.operators
+    ]
+    places += [(None, f"services[{i}]", s.model_dump()) for i, s in enumerate(spec.services)]
     problems = []
-    for op in spec.operators:
-        for key, name in find_placeholders(op.args):
+    for operator, prefix, value in places:
+        for key, name in find_placeholders(value):
+            where = _where(source, operator, f"{prefix}.{key}")
             if not IDENTIFIER_RE.match(name):
-                problems.append(
-                    f"{_where(source, op.name, 'args.' + key)} malformed placeholder '${{{{ {name} }}}}'"
-                )
+                problems.append(f"{where} malformed placeholder '${{{{ {name} }}}}'")
             elif name not in spec.parameters:
                 known = ", ".join(spec.parameters) or "none declared"
                 problems.append(
-                    f"{_where(source, op.name, 'args.' + key)} placeholder '${{{{ {name} }}}}' names no "
-                    f"parameter (parameters: {known})"
+                    f"{where} placeholder '${{{{ {name} }}}}' names no parameter (parameters: {known})"
                 )
     return problems
 

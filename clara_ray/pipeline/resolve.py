@@ -8,7 +8,7 @@ from typing import Any
 
 from clara_ray.errors import PipelineValidationError
 from clara_ray.pipeline.placeholders import substitute
-from clara_ray.pipeline.spec import InputSpec, OperatorSpec, PipelineSpec
+from clara_ray.pipeline.spec import InputSpec, OperatorSpec, PipelineSpec, ServiceSpec
 
 __all__ = ["ResolvedOperator", "ResolvedPipeline", "coerce_parameter", "resolve_pipeline"]
 
@@ -38,6 +38,7 @@ class ResolvedPipeline:
     spec: PipelineSpec
     parameters: dict[str, Any]
     operators: tuple[ResolvedOperator, ...]
+    services: tuple[ServiceSpec, ...] = ()
 
     @property
     def name(self) -> str:
@@ -108,4 +109,7 @@ def resolve_pipeline(
 
     for op in spec.operators:
         place(op)
-    return ResolvedPipeline(spec, params, tuple(ordered))
+    services = tuple(
+        ServiceSpec.model_validate(substitute(s.model_dump(), params)) for s in spec.services
+    )
+    return ResolvedPipeline(spec, params, tuple(ordered), services)

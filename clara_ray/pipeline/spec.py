@@ -10,9 +10,9 @@ plus ``run``: the import path of the operator function.  An input may carry
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "NAME_PATTERN",
@@ -22,6 +22,7 @@ __all__ = [
     "OutputSpec",
     "PipelineSpec",
     "Requests",
+    "ServiceSpec",
     "parse_memory",
 ]
 
@@ -122,6 +123,36 @@ class Requests(_Strict):
         return None if self.memory is None else parse_memory(self.memory)
 
 
+class ServiceSpec(_Strict):
+    """An inference service operators reach through ``ctx.services[name]``.
+
+    ``kind: serve`` calls the Ray Serve deployment of ``model`` through a
+    DeploymentHandle (no HTTP hop inside the cluster); ``kind: triton`` calls a
+    Triton Inference Server at ``url`` with tritonclient.
+    """
+
+    name: str = Field(description="Name operators use, e.g. liver-seg.")
+    kind: Literal["serve", "triton"] = Field(description="Ray Serve deployment or Triton server.")
+    model: str = Field(description="Model name in the model repository / on the server.")
+    version: str | None = Field(None, description="Model version; default: the model's default.")
+    url: str | None = Field(None, description="Triton URL (host:port, http or grpc), kind triton.")
+    protocol: Literal["http", "grpc"] = Field("http", description="Triton protocol, kind triton.")
+    app: str = Field("clara-inference", description="Serve application name, kind serve.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_PATTERN.match(v):
+            raise ValueError(f"must be lowercase letters, digits, '-' or '_' (max 64), got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _url(self) -> ServiceSpec:
+        if self.kind == "triton" and not self.url:
+            raise ValueError("a triton service needs url (host:port of the Triton server)")
+        return self
+
+
 class OperatorSpec(_Strict):
     name: str = Field(description="Unique operator name (lowercase, digits, '-', '_').")
     description: str | None = None
@@ -164,6 +195,7 @@ class PipelineSpec(_Strict):
     timeout: float | None = Field(
         None, gt=0, description="Seconds before the whole job is stopped."
     )
+    services: list[ServiceSpec] = Field(default_factory=list, description="Inference services.")
     operators: list[OperatorSpec] = Field(min_length=1)
 
     @field_validator("api_version", mode="before")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from clara_ray.context import OperatorContext
 from clara_ray.errors import OperatorError
 from clara_ray.pipeline.load import import_operator
+from clara_ray.pipeline.spec import ServiceSpec
 from clara_ray.storage import Storage
 
 __all__ = ["OperatorCall", "OperatorOutcome", "run_operator_call"]
@@ -34,6 +36,7 @@ class OperatorCall:
     storage_uri: str
     payload_id: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    services: tuple[ServiceSpec, ...] = ()
 
 
 @dataclass
@@ -41,6 +44,31 @@ class OperatorOutcome:
     outputs: dict[str, Any]
     started_at: float
     ended_at: float
+
+
+class ServiceClients(Mapping[str, Any]):
+    """``ctx.services``: an inference client per pipeline service, made on first use."""
+
+    def __init__(self, specs: tuple[ServiceSpec, ...]) -> None:
+        self._specs = {s.name: s for s in specs}
+        self._clients: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._specs:
+            raise KeyError(
+                f"no service '{name}' in the pipeline (services: {', '.join(self._specs) or 'none'})"
+            )
+        if name not in self._clients:
+            from clara_ray.inference.clients import make_client
+
+            self._clients[name] = make_client(self._specs[name])
+        return self._clients[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
 
 
 class _Capture(logging.Handler):
@@ -89,6 +117,7 @@ def run_operator_call(
             parameters=call.parameters,
             logger=logger,
             gpu_ids=gpu_ids,
+            services=ServiceClients(call.services),
         )
         kwargs = {name: payload for name in call.payload_inputs} | inputs | call.args
         logger.info(

@@ -19,8 +19,9 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError
 
+from clara_ray.core.handle import CoreHandle
 from clara_ray.core.model import JobStatus
-from clara_ray.pipeline import ResolvedOperator, parse_pipeline, resolve_pipeline
+from clara_ray.pipeline import ResolvedOperator, ServiceSpec, parse_pipeline, resolve_pipeline
 from clara_ray.runner.execute import OperatorCall
 from clara_ray.runner.metrics import RunnerMetrics
 from clara_ray.runner.task import operator_task
@@ -66,7 +67,7 @@ class JobRunner:
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._running_since: dict[str, float] = {}
-        self._core: Any = None
+        self._core = CoreHandle(config.core_name, config.namespace, config.report_retry_seconds)
         self._metrics = RunnerMetrics()
 
     # -- called by tasks and the Core ------------------------------------------
@@ -128,7 +129,7 @@ class JobRunner:
             if gpus and not has_gpus:
                 self._warn_cpu_fallback(op.name, gpus)
                 gpus = 0
-            meta_ref, outputs[op.name] = self._submit(op, gpus, outputs, me)
+            meta_ref, outputs[op.name] = self._submit(op, gpus, outputs, me, plan.services)
             pending[meta_ref] = op
         job_deadline = time.time() + spec.timeout if spec.timeout else None
         try:
@@ -139,7 +140,12 @@ class JobRunner:
             raise
 
     def _submit(
-        self, op: ResolvedOperator, gpus: float, outputs: dict[str, dict[str, Any]], me: Any
+        self,
+        op: ResolvedOperator,
+        gpus: float,
+        outputs: dict[str, dict[str, Any]],
+        me: Any,
+        services: tuple[ServiceSpec, ...],
     ) -> tuple[Any, dict[str, Any]]:
         cfg = self.config
         upstream = [i for i in op.inputs if i.from_]
@@ -156,6 +162,7 @@ class JobRunner:
             storage_uri=cfg.storage_uri,
             payload_id=cfg.payload_id,
             parameters=cfg.parameters,
+            services=services,
         )
         options: dict[str, Any] = {
             "name": f"{cfg.job_name}/{op.name}",
@@ -256,20 +263,10 @@ class JobRunner:
 
     def _report(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call the Core, riding out its restarts for up to ``report_retry_seconds``."""
-        cfg = self.config
-        deadline = time.time() + cfg.report_retry_seconds
-        delay = 0.2
-        while True:
-            try:
-                if self._core is None:
-                    self._core = ray.get_actor(cfg.core_name, namespace=cfg.namespace)
-                return ray.get(getattr(self._core, method).remote(*args, **kwargs), timeout=30)
-            except (RayActorError, GetTimeoutError, ValueError) as exc:
-                if time.time() > deadline:
-                    log.error(
-                        "job %s: Core unreachable, report %s lost: %s", cfg.job_id, method, exc
-                    )
-                    return None
-                self._core = None
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        try:
+            return self._core.call(method, *args, **kwargs)
+        except (RayActorError, GetTimeoutError, ValueError) as exc:
+            log.error(
+                "job %s: Core unreachable, report %s lost: %s", self.config.job_id, method, exc
+            )
+            return None

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,9 @@ def cli(tmp_path_factory) -> Iterator[Cli]:
         "CLARA_RAY_RAY__DASHBOARD_PORT": str(free_port()),
         "CLARA_RAY_RAY__NUM_CPUS": "2",
         "CLARA_RAY_SERVE__PORT": str(free_port()),
+        "CLARA_RAY_DICOM__PORT": str(free_port()),
+        "CLARA_RAY_DICOM__RECEIVERS": "1",
+        "CLARA_RAY_DICOM__DISK_RESERVE_MB": "0",
         "PYTHONPATH": str(ROOT),
     }
     env.pop("RAY_ADDRESS", None)
@@ -88,7 +92,7 @@ def test_validate_pipeline_reports_problems(cli, tmp_path):
     assert ok == {
         "valid": True,
         "name": "ct-lung-bone",
-        "operators": ["load", "segment", "label-map", "measure"],
+        "operators": ["select", "segment", "label-map", "measure", "seg", "sr", "export"],
     }
 
 
@@ -120,6 +124,8 @@ def test_full_cycle(cli, tmp_path):
         "240",
         "--meta",
         "accession=A1",
+        "--param",
+        "destination=none",
     )
     assert (described["state"], described["status"]) == ("Stopped", "Healthy"), described
     job_id = described["job_id"]
@@ -130,8 +136,8 @@ def test_full_cycle(cli, tmp_path):
 
     jobs = cli.json("list", "jobs", "--state", "Stopped")
     assert [j["job_id"] for j in jobs] == [job_id]
-    logs = cli.json("logs", job_id, "--operator", "load")
-    assert list(logs) == ["load"] and "operator load finished" in logs["load"]
+    logs = cli.json("logs", job_id, "--operator", "select")
+    assert list(logs) == ["select"] and "operator select finished" in logs["select"]
 
     dest = tmp_path / "dl"
     got = cli.json("download", f"{job_id}:/operators/measure", str(dest))
@@ -143,10 +149,67 @@ def test_full_cycle(cli, tmp_path):
         f"http://127.0.0.1:{cli.env['CLARA_RAY_SERVE__PORT']}/api/v1/jobs/{job_id}", timeout=30
     ) as resp:
         api_job = json.loads(resp.read())
-    assert api_job["status"] == "Healthy" and len(api_job["operators"]) == 4
+    assert api_job["status"] == "Healthy" and len(api_job["operators"]) == 7
 
     missing = cli("describe", "job", "no-such-job", check=False)
     assert missing.returncode == 1 and "job 'no-such-job' does not exist" in missing.stderr
+
+
+def test_dicom_configuration_and_echo(cli):
+    port = cli.env["CLARA_RAY_DICOM__PORT"]
+    status = cli.json("status")
+    assert status["dicom"]["port"] == int(port) and status["dicom"]["running"] is True
+    assert status["dicom"]["ae_title"] == "CLARA"
+
+    unknown = cli(
+        "dicom", "create", "aetitle", "CLARA", "--pipeline", "no-such-pipeline", check=False
+    )
+    assert (
+        unknown.returncode == 1 and "pipeline 'no-such-pipeline' does not exist" in unknown.stderr
+    )
+    bad = cli(
+        "dicom",
+        "create",
+        "aetitle",
+        "WAY_TOO_LONG_AE_TITLE",
+        "--pipeline",
+        "ct-lung-bone",
+        check=False,
+    )
+    assert bad.returncode == 1 and "must be 1 to 16 printable ASCII characters" in bad.stderr
+
+    cli("dicom", "create", "aetitle", "CLARA", "--pipeline", "ct-lung-bone", "--timeout", "10")
+    cli("dicom", "create", "source", "MODALITY", "--host", "127.0.0.1")
+    cli("dicom", "create", "source", "CLARA", "--host", "127.0.0.1")  # the adapter echoes itself
+    cli(
+        "dicom",
+        "create",
+        "destination",
+        "SELF",
+        "--ae",
+        "CLARA",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+    )
+    assert [a["ae_title"] for a in cli.json("dicom", "list", "aetitles")] == ["CLARA"]
+    assert {s["ae_title"] for s in cli.json("dicom", "list", "sources")} == {"CLARA", "MODALITY"}
+    assert cli.json("dicom", "list", "destinations")[0]["port"] == int(port)
+
+    deadline = time.monotonic() + 30
+    while (echo := cli("dicom", "echo", "SELF", check=False)).returncode != 0:
+        # the adapter picks up new AE titles and sources within a few seconds
+        assert time.monotonic() < deadline, f"C-ECHO to the adapter itself failed: {echo.stderr}"
+        time.sleep(1)
+    echoed = cli.json("dicom", "echo", "SELF")
+    assert echoed["destination"] == "SELF" and echoed["seconds"] > 0
+    missing = cli("dicom", "echo", "NOWHERE", check=False)
+    assert missing.returncode == 1 and "no DICOM destination 'NOWHERE'" in missing.stderr
+
+    cli("dicom", "delete", "source", "MODALITY", "--host", "127.0.0.1")
+    assert [s["ae_title"] for s in cli.json("dicom", "list", "sources")] == ["CLARA"]
+    assert cli.json("list", "exports") == []
 
 
 def test_ray_job_submit_runs_one_job(cli, tmp_path):
@@ -169,6 +232,8 @@ def test_ray_job_submit_runs_one_job(cli, tmp_path):
             "pipelines/ct-lung-bone.yaml",
             str(study),
             "--json",
+            "--param",
+            "destination=none",
         ],
         env={**cli.env, "RAY_AUTH_MODE": "token"},
         cwd=ROOT,

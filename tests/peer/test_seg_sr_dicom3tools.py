@@ -87,3 +87,24 @@ def test_unknown_segment_names_still_pass(tmp_path: Path) -> None:
     seg = Path(write_seg(case.context("seg"), labels)["seg_files"][0])
     _valid(seg)
     _consistent([seg, *case.files])
+
+
+def test_single_segment_seg_and_sr_pass(tmp_path: Path) -> None:
+    """One segment (the liver pipeline's case): highdicom keeps it in the shared groups."""
+    case = make_case(tmp_path, "axial")
+    liver = case.phantom.labels["liver"].astype(np.uint8)
+    labels = case.volume.with_array(liver, segments=[{"label": 1, "name": "liver"}])
+    measurements = measure_segments(case.context("measure"), labels, case.volume)
+    seg_files = write_seg(
+        case.context("seg"),
+        labels,
+        algorithm_name="liver-seg",
+        algorithm_family="ArtificialIntelligence",
+    )["seg_files"]
+    sr_files = write_sr(case.context("sr"), measurements["measurements"], seg_files, labels)[
+        "sr_files"
+    ]
+    seg, sr = Path(seg_files[0]), Path(sr_files[0])
+    _valid(seg)
+    _valid(sr)
+    _consistent([seg, sr, *case.files])

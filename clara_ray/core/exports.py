@@ -1,0 +1,200 @@
+"""Exports of a job's DICOM results to destinations: tracked records, owned by the Core.
+
+When a job ends Healthy, each export manifest it wrote (see
+:mod:`clara_ray.export_manifest`) becomes one record per destination.  The
+DICOM adapter claims a Pending record (with a lease, so a record claimed by an
+adapter that died is claimed again), sends it, and reports the outcome; a
+failed attempt goes back to Pending with a later ``next_attempt_at`` until the
+attempts run out.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from clara_ray.core.model import JobRecord, _CodedValue, _plain
+from clara_ray.errors import ClaraError, NotFoundError
+from clara_ray.export_manifest import find_manifests
+
+__all__ = ["ExportRecord", "ExportState", "ExportsMixin"]
+
+log = logging.getLogger(__name__)
+_EXPORT_NAMESPACE = uuid.UUID("6f1f8f3e-2b7a-4c55-9d53-3c0f7f2b8a10")
+
+
+class ExportState(_CodedValue):
+    PENDING = "Pending"
+    IN_PROGRESS = "InProgress"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclass
+class ExportRecord:
+    export_id: str
+    job_id: str
+    operator: str
+    destination: str
+    files: list[str]
+    state: ExportState = ExportState.PENDING
+    attempts: int = 0
+    reason: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    next_attempt_at: float = 0.0
+    lease_until: float | None = None
+    sent: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+
+class ExportsMixin:
+    """Export bookkeeping of :class:`~clara_ray.core.service.CoreService`."""
+
+    store: Any
+    storage: Any
+    _clock: Any
+
+    def _create_exports(self, job: JobRecord) -> list[ExportRecord]:
+        now = self._clock()
+        destinations = {d.name for d in self.dicom_config().destinations}  # type: ignore[attr-defined]
+        created = []
+        try:
+            manifests = find_manifests(self.storage, job.job_id)
+        except ClaraError as exc:
+            manifests = []
+            rec = ExportRecord(
+                export_id=uuid.uuid5(_EXPORT_NAMESPACE, f"{job.job_id}/manifest").hex,
+                job_id=job.job_id,
+                operator="-",
+                destination="-",
+                files=[],
+                state=ExportState.FAILED,
+                reason=f"export manifest unreadable: {exc}",
+                created_at=now,
+                updated_at=now,
+            )
+            self.store.put_export(rec)
+            created.append(rec)
+        for operator, manifest in manifests:
+            for destination in manifest.destinations:
+                export_id = uuid.uuid5(
+                    _EXPORT_NAMESPACE, f"{job.job_id}/{operator}/{destination}"
+                ).hex
+                if self.store.get_export(export_id) is not None:
+                    continue
+                rec = ExportRecord(
+                    export_id=export_id,
+                    job_id=job.job_id,
+                    operator=operator,
+                    destination=destination,
+                    files=list(manifest.files),
+                    created_at=now,
+                    updated_at=now,
+                    next_attempt_at=now,
+                )
+                if destination not in destinations:
+                    rec.state = ExportState.FAILED
+                    known = ", ".join(sorted(destinations)) or "none configured"
+                    rec.reason = (
+                        f"unknown destination '{destination}' (destinations: {known}); add it with "
+                        "`clara-ray dicom create destination`"
+                    )
+                self.store.put_export(rec)
+                created.append(rec)
+                log.info(
+                    "job %s: export %s to %s (%d files) %s",
+                    job.job_id,
+                    export_id,
+                    destination,
+                    len(rec.files),
+                    rec.state,
+                )
+        return created
+
+    def claim_export(self, worker: str, lease_seconds: float = 120.0) -> dict[str, Any] | None:
+        """The next export due (Pending and due, or InProgress with an expired lease),
+        marked InProgress for ``lease_seconds``, with its destination's configuration."""
+        now = self._clock()
+        for rec in self.store.list_exports(
+            states=(str(ExportState.PENDING), str(ExportState.IN_PROGRESS))
+        ):
+            due = (rec.state is ExportState.PENDING and rec.next_attempt_at <= now) or (
+                rec.state is ExportState.IN_PROGRESS and (rec.lease_until or 0) < now
+            )
+            if not due:
+                continue
+            destination = self.dicom_config().destination(rec.destination)  # type: ignore[attr-defined]
+            if destination is None:
+                self._finish(
+                    rec, ExportState.FAILED, f"destination '{rec.destination}' was deleted"
+                )
+                continue
+            rec.state, rec.attempts = ExportState.IN_PROGRESS, rec.attempts + 1
+            rec.lease_until, rec.updated_at = now + lease_seconds, now
+            rec.details = {**rec.details, "worker": worker}
+            self.store.put_export(rec)
+            return {"export": rec, "destination": destination.model_dump()}
+        return None
+
+    def export_finished(
+        self,
+        export_id: str,
+        *,
+        ok: bool,
+        reason: str | None = None,
+        retry_in: float | None = None,
+        sent: int = 0,
+    ) -> ExportRecord:
+        """Record an attempt's outcome: Succeeded, Pending again after ``retry_in`` s, or Failed."""
+        rec = self.get_export(export_id)
+        if rec.state in (ExportState.SUCCEEDED, ExportState.FAILED):
+            return rec
+        rec.sent = max(rec.sent, sent)
+        if ok:
+            return self._finish(rec, ExportState.SUCCEEDED, None)
+        if retry_in is not None:
+            now = self._clock()
+            rec.state, rec.reason = ExportState.PENDING, reason
+            rec.next_attempt_at, rec.lease_until, rec.updated_at = now + retry_in, None, now
+            self.store.put_export(rec)
+            log.info(
+                "export %s attempt %d failed, retry in %.1f s: %s",
+                export_id,
+                rec.attempts,
+                retry_in,
+                reason,
+            )
+            return rec
+        return self._finish(rec, ExportState.FAILED, reason)
+
+    def _finish(self, rec: ExportRecord, state: ExportState, reason: str | None) -> ExportRecord:
+        rec.state, rec.reason, rec.lease_until, rec.updated_at = state, reason, None, self._clock()
+        self.store.put_export(rec)
+        log.info(
+            "export %s to %s: %s%s",
+            rec.export_id,
+            rec.destination,
+            state,
+            f" ({reason})" if reason else "",
+        )
+        return rec
+
+    def get_export(self, export_id: str) -> ExportRecord:
+        rec = self.store.get_export(export_id)
+        if rec is None:
+            raise NotFoundError(
+                f"export '{export_id}' does not exist (see `clara-ray list exports`)"
+            )
+        return rec
+
+    def list_exports(
+        self, job_id: str | None = None, state: str | None = None
+    ) -> list[ExportRecord]:
+        states = (str(ExportState.parse(state, "export state")),) if state else None
+        return self.store.list_exports(job_id=job_id, states=states)

@@ -1,0 +1,184 @@
+"""The DICOM adapter as Ray actors: thin wrappers over the plain classes of this package.
+
+``clara-dicom`` (detached, restartable) holds the spool, closes groups into
+payloads and jobs, and sends exports; it starts ``receivers`` DicomReceiver
+actors, separate processes that each run a Storage SCP on the same port
+(SO_REUSEPORT), because one Python process tops out near 300 instances/s.
+Receivers share the adapter's fate: when it restarts, it starts new ones, and
+the spool on disk carries everything that was acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from clara_ray.core.actor import CORE_ACTOR_NAME
+from clara_ray.core.handle import CoreHandle
+from clara_ray.dicom.config import DicomConfig
+from clara_ray.dicom.exporter import run_export
+from clara_ray.dicom.ingest import GroupCloser
+from clara_ray.dicom.scp import StorageScp
+from clara_ray.dicom.scu import echo
+from clara_ray.dicom.spool import Spool
+from clara_ray.errors import NotFoundError
+from clara_ray.settings import Settings
+from clara_ray.storage import Storage
+
+__all__ = ["ADAPTER_NAME", "DicomAdapter", "DicomReceiver", "get_or_create_adapter"]
+
+ADAPTER_NAME = "clara-dicom"
+log = logging.getLogger(__name__)
+
+
+def _ssl_contexts(settings: Settings) -> tuple[Any, Any]:
+    tls = settings.dicom.tls
+    if not tls.enabled and tls.ca_certificates is None:
+        return None, None
+    from clara_ray.dicom.tls import client_ssl_context, server_ssl_context
+
+    server = server_ssl_context(tls) if tls.enabled else None
+    client = client_ssl_context(tls) if tls.ca_certificates is not None else None
+    return server, client
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class DicomReceiver:
+    """One receiving process: a Storage SCP writing into the shared spool."""
+
+    def __init__(self, settings: Settings, config: DicomConfig) -> None:
+        logging.basicConfig(level=settings.log_level)
+        server_ssl, _ = _ssl_contexts(settings)
+        self.scp = StorageScp(
+            settings.dicom, config, Spool(settings.spool_dir), ssl_context=server_ssl
+        )
+        self.port = self.scp.start()
+
+    def update_config(self, config: DicomConfig) -> None:
+        self.scp.update_config(config)
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "port": self.port, **self.scp.stats()}
+
+
+class DicomAdapter:
+    def __init__(self, settings: Settings) -> None:
+        logging.basicConfig(level=settings.log_level)
+        self.settings = settings
+        self.core = CoreHandle(
+            CORE_ACTOR_NAME, settings.ray.namespace, settings.core.report_retry_seconds
+        )
+        self.storage = Storage(settings.storage)
+        self.spool = Spool(settings.spool_dir)
+        self.config: DicomConfig = self.core.call("dicom_config")
+        _, self.client_ssl = _ssl_contexts(settings)
+        self.receivers = [
+            DicomReceiver.remote(settings, self.config)  # type: ignore[attr-defined]
+            for _ in range(settings.dicom.receivers)
+        ]
+        ray.get([r.info.remote() for r in self.receivers])
+        self.closer = GroupCloser(self.spool, self.storage, self.core)
+        self._stop = threading.Event()
+        self._worker = f"dicom-adapter-{os.getpid()}"
+        for target, period in (
+            (self._refresh_config, 2.0),
+            (self._ingest, 1.0),
+            (self._export, 0.5),
+        ):
+            threading.Thread(
+                target=self._loop,
+                args=(target, period),
+                daemon=True,
+                name=f"clara-dicom-{target.__name__.strip('_')}",
+            ).start()
+        log.info(
+            "DICOM adapter listening on %s:%d as %s with %d receivers",
+            settings.dicom.host,
+            settings.dicom.port,
+            settings.dicom.ae_title,
+            settings.dicom.receivers,
+        )
+
+    def _loop(self, step: Callable[[], bool | None], period: float) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = step()
+            except Exception:  # a failing step is logged and retried; the adapter keeps serving
+                log.exception("DICOM adapter: %s failed", step.__name__)
+                busy = False
+            if not busy:
+                self._stop.wait(period)
+
+    def _refresh_config(self) -> None:
+        config = self.core.call("dicom_config")
+        if config != self.config:
+            self.config = config
+            ray.get([r.update_config.remote(config) for r in self.receivers])
+            log.info(
+                "DICOM configuration reloaded: %d AE titles, %d sources, %d destinations",
+                len(config.aetitles),
+                len(config.sources),
+                len(config.destinations),
+            )
+
+    def _ingest(self) -> None:
+        self.closer.tick(self.config)
+
+    def _export(self) -> bool:
+        claimed = self.core.call("claim_export", self._worker)
+        if claimed is None:
+            return False
+        outcome = run_export(self.storage, self.settings.dicom, claimed, self.client_ssl)
+        self.core.call("export_finished", claimed["export"].export_id, **outcome)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        d = self.settings.dicom
+        return {
+            "host": d.host,
+            "port": d.port,
+            "ae_title": d.ae_title,
+            "tls": d.tls.enabled,
+            "receivers": ray.get([r.info.remote() for r in self.receivers]),
+            "aetitles": [a.ae_title for a in self.config.aetitles],
+        }
+
+    def pids(self) -> list[int]:
+        """This process and the receivers' (for operators and tests)."""
+        return [
+            os.getpid(),
+            *[i["pid"] for i in ray.get([r.info.remote() for r in self.receivers])],
+        ]
+
+    def echo(self, destination: str) -> float:
+        config: DicomConfig = self.core.call("dicom_config")
+        dest = config.destination(destination)
+        if dest is None:
+            known = ", ".join(d.name for d in config.destinations) or "none"
+            raise NotFoundError(f"no DICOM destination '{destination}' (destinations: {known})")
+        return echo(
+            dest,
+            calling_ae=self.settings.dicom.ae_title,
+            ssl_context=self.client_ssl if dest.tls else None,
+        )
+
+
+DicomAdapterRemote = ray.remote(DicomAdapter)
+
+
+def get_or_create_adapter(settings: Settings) -> Any:
+    return DicomAdapterRemote.options(
+        name=ADAPTER_NAME,
+        namespace=settings.ray.namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=-1,
+        num_cpus=0,
+        max_concurrency=8,
+    ).remote(settings)

@@ -1,0 +1,455 @@
+"""The receive spool: every acknowledged instance is a durable file before its Success status.
+
+Layout under ``root``::
+
+    incoming/<AET>/<grouping>-<group uid>/<sop instance uid>.dcm       open groups
+    closing/<AET>/<grouping>-<group uid>-<closed at, ms>/<sop uid>.dcm  groups being ingested
+
+``<AET>`` is the called AE title with every character outside ``[A-Za-z0-9_-]``
+written as ``%XX``, so no AE title can name a path; group and instance UIDs must
+match ``^[0-9.]{1,64}$``.  Nothing else from a data set reaches a file name.
+
+The durability guarantee of :meth:`Spool.store`: when it returns, the file's
+bytes and its directory entry (and the entries of any folder it created) have
+been fsynced; a crash afterwards loses nothing.  A file is written under a
+unique temporary name (``.<sop>.dcm.<random>.tmp``), fsynced, then hard-linked
+to ``<sop>.dcm``: a link never replaces an existing file, so of several
+writers of one SOP instance (threads or processes) exactly one creates it and
+the others see a duplicate.  Listings show only complete ``.dcm`` files;
+temporary files left by a killed writer are ignored and cleaned up.
+
+Closing a group renames its folder into ``closing/`` (atomic) while holding
+an exclusive ``flock`` on it; a writer names its file only under a shared lock
+on the folder, after checking that the folder is still the open group.  So a
+file is never named in a folder that was already renamed (and perhaps already
+listed by the closer): a writer whose folder was closed under it stores the
+instance again into a fresh open folder, and every instance lands in exactly
+one group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from clara_ray.dicom.config import check_ae_title
+
+__all__ = ["ClosingGroup", "OpenGroup", "Spool"]
+
+log = logging.getLogger(__name__)
+
+_UID = re.compile(r"^[0-9.]{1,64}$")
+_GROUPINGS = ("study", "series")
+_OPEN_NAME = re.compile(r"^(study|series)-([0-9.]{1,64})$")
+_CLOSING_NAME = re.compile(r"^(study|series)-([0-9.]{1,64})-([0-9]{1,16})$")
+_FILE_NAME = re.compile(r"^[0-9.]{1,64}\.dcm$")
+_TEMP_SUFFIX = ".tmp"
+_AET_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_STORE_ATTEMPTS = 20
+# Link-less filesystems: fall back to rename (concurrent duplicates then overwrite each other
+# with the same instance, still one file).
+_NO_LINK = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS})
+
+
+@dataclass(frozen=True)
+class OpenGroup:
+    """A group still receiving instances."""
+
+    called_ae: str
+    grouping: str
+    group_uid: str
+    path: Path
+    last_activity: float  # epoch seconds: the newest of the folder's and its files' mtimes
+    files: int  # complete instances
+
+
+@dataclass(frozen=True)
+class ClosingGroup:
+    """A closed group, renamed out of ``incoming/``, waiting to become a payload."""
+
+    called_ae: str
+    grouping: str
+    group_uid: str
+    closed_at: float  # epoch seconds, millisecond precision
+    path: Path
+    key: str  # the folder name, ``<grouping>-<group uid>-<closed at ms>``: stable and unique per AE
+
+
+def _check_uid(field: str, value: str) -> str:
+    if not isinstance(value, str) or not _UID.match(value):
+        raise ValueError(f"{field} must be 1-64 digits and dots, got {str(value)[:80]!r}")
+    return value
+
+
+def _check_grouping(value: str) -> str:
+    if value not in _GROUPINGS:
+        raise ValueError(f"grouping must be one of {_GROUPINGS}, got {value!r}")
+    return value
+
+
+def aet_folder(ae_title: str) -> str:
+    """The folder name of an AE title: ``[A-Za-z0-9_-]`` kept, anything else as ``%XX``."""
+    text = check_ae_title(ae_title)
+    return "".join(c if c in _AET_SAFE else f"%{ord(c):02X}" for c in text)
+
+
+def _aet_from_folder(name: str) -> str | None:
+    out, i = [], 0
+    while i < len(name):
+        c = name[i]
+        if c == "%":
+            try:
+                out.append(chr(int(name[i + 1 : i + 3], 16)))
+            except ValueError:
+                return None
+            i += 3
+        elif c in _AET_SAFE:
+            out.append(c)
+            i += 1
+        else:
+            return None
+    text = "".join(out)
+    try:
+        return text if aet_folder(text) == name else None
+    except ValueError:
+        return None
+
+
+def _exists(dfd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dfd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _write_temp(dfd: int, name: str, data: bytes) -> str:
+    """Write ``data`` to a new uniquely named temp file in the folder and fsync it."""
+    temp = f".{name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp, dir_fd=dfd)
+        raise
+    return temp
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dir(path: Path) -> None:
+    """Create ``path`` (its parent exists) and make the new entry durable."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        return
+    _fsync_dir(path.parent)
+
+
+class Spool:
+    """Durable, concurrent-safe storage of received instances, grouped per AE title."""
+
+    def __init__(self, root: Path, *, stale_temp_seconds: float = 600.0) -> None:
+        self.root = Path(root)
+        self.incoming = self.root / "incoming"
+        self.closing = self.root / "closing"
+        self.stale_temp_seconds = stale_temp_seconds
+        self.root.mkdir(parents=True, exist_ok=True)
+        _make_dir(self.incoming)
+        _make_dir(self.closing)
+
+    def __repr__(self) -> str:
+        return f"Spool({str(self.root)!r})"
+
+    # -- receiving -------------------------------------------------------------------------
+    def store(
+        self, called_ae: str, grouping: str, group_uid: str, sop_instance_uid: str, data: bytes
+    ) -> bool:
+        """Write ``data`` (a complete DICOM file) durably into the open group.
+
+        Returns False, writing nothing, when the SOP instance is already in the open
+        group.  Raises ValueError for an invalid AE title, grouping or UID, OSError when
+        the disk fails (ENOSPC: out of space).
+        """
+        aet = aet_folder(called_ae)
+        folder = f"{_check_grouping(grouping)}-{_check_uid('group_uid', group_uid)}"
+        name = f"{_check_uid('sop_instance_uid', sop_instance_uid)}.dcm"
+        parent = self.incoming / aet
+        path = parent / folder
+        for _ in range(_STORE_ATTEMPTS):
+            dfd = self._open_group(parent, path)
+            try:
+                stored = self._store_in(dfd, path, name, data)
+            finally:
+                os.close(dfd)
+            if stored is not None:
+                return stored
+            log.debug(
+                "group folder %s/%s closed while storing %s; storing again", aet, folder, name
+            )
+        raise OSError(
+            errno.EAGAIN,
+            f"group folder {aet}/{folder} was closed {_STORE_ATTEMPTS} times while storing {name}",
+        )
+
+    def _open_group(self, parent: Path, path: Path) -> int:
+        while True:
+            try:
+                return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                _make_dir(parent)
+                _make_dir(path)
+
+    def _store_in(self, dfd: int, path: Path, name: str, data: bytes) -> bool | None:
+        """Store into the folder open as ``dfd``; None when it is no longer the open group.
+
+        The temp file is written and fsynced first; then, under a shared lock on the folder
+        (close_group takes it exclusively to rename), the folder is checked to still be the
+        open group before the file gets its name: a file is never named in a folder that a
+        closer has already renamed, so each instance lands in exactly one group.
+        """
+        temp: str | None = None
+        try:
+            if not _exists(dfd, name):
+                temp = _write_temp(dfd, name, data)
+            fcntl.flock(dfd, fcntl.LOCK_SH)
+            try:
+                if not self._still_open(dfd, path):
+                    return None
+                stored = temp is not None and self._publish(dfd, temp, name)
+                if temp is not None:
+                    os.unlink(temp, dir_fd=dfd)
+                    temp = None
+                os.fsync(dfd)
+                return stored
+            finally:
+                fcntl.flock(dfd, fcntl.LOCK_UN)
+        except FileNotFoundError:  # the folder was removed, or the temp cleaned up as stale
+            return None
+        finally:
+            if temp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp, dir_fd=dfd)
+
+    @staticmethod
+    def _publish(dfd: int, temp: str, name: str) -> bool:
+        """Give the complete temp file its final name; False if that name exists."""
+        try:
+            os.link(temp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+        try:
+            os.stat(name, dir_fd=dfd)
+            return False
+        except FileNotFoundError:
+            os.rename(temp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            return True
+
+    @staticmethod
+    def _still_open(dfd: int, path: Path) -> bool:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return False
+        fst = os.fstat(dfd)
+        return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
+
+    # -- listing and closing ---------------------------------------------------------------
+    def open_groups(self) -> list[OpenGroup]:
+        """Every open group holding at least one complete instance (stale temp files and
+        stale empty folders are removed on the way)."""
+        groups = []
+        now = time.time()
+        for aet_entry, called_ae in self._aet_folders(self.incoming):
+            for entry in _scandir(aet_entry.path):
+                match = _OPEN_NAME.match(entry.name)
+                if not match or not entry.is_dir(follow_symlinks=False):
+                    continue
+                count, newest = self._scan_group(Path(entry.path), now)
+                if count == 0:
+                    if now - newest > self.stale_temp_seconds:
+                        _remove_empty(Path(entry.path))
+                    continue
+                groups.append(
+                    OpenGroup(
+                        called_ae=called_ae,
+                        grouping=match.group(1),
+                        group_uid=match.group(2),
+                        path=Path(entry.path),
+                        last_activity=newest,
+                        files=count,
+                    )
+                )
+        return sorted(groups, key=lambda g: (g.called_ae, g.grouping, g.group_uid))
+
+    def _scan_group(self, path: Path, now: float) -> tuple[int, float]:
+        """(complete files, newest mtime of the folder and its entries); removes stale temps."""
+        try:
+            newest = path.stat().st_mtime
+        except FileNotFoundError:
+            return 0, now
+        count = 0
+        for entry in _scandir(str(path)):
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if _FILE_NAME.match(entry.name):
+                count += 1
+                newest = max(newest, mtime)
+            elif entry.name.endswith(_TEMP_SUFFIX) and now - mtime > self.stale_temp_seconds:
+                _unlink_quietly(Path(entry.path))
+        return count, newest
+
+    def close_group(self, group: OpenGroup, closed_at: float) -> ClosingGroup | None:
+        """Rename the group's folder into ``closing/`` atomically; None if it is gone."""
+        aet = aet_folder(group.called_ae)
+        folder = f"{_check_grouping(group.grouping)}-{_check_uid('group_uid', group.group_uid)}"
+        source = self.incoming / aet / folder
+        target_parent = self.closing / aet
+        _make_dir(target_parent)
+        try:
+            sfd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(sfd, fcntl.LOCK_EX)  # waits for writers naming a file in the folder
+            if not self._still_open(sfd, source):
+                return None  # closed meanwhile (this folder, if any, is a newer group)
+            return self._rename_to_closing(group, source, target_parent, folder, closed_at)
+        finally:
+            os.close(sfd)  # releases the lock
+
+    def _rename_to_closing(
+        self, group: OpenGroup, source: Path, target_parent: Path, folder: str, closed_at: float
+    ) -> ClosingGroup:
+        ms = int(closed_at * 1000)
+        for bump in range(1000):
+            key = f"{folder}-{ms + bump}"
+            target = target_parent / key
+            if target.exists():
+                continue
+            try:
+                os.rename(source, target)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    continue
+                raise
+            _fsync_dir(source.parent)
+            _fsync_dir(target_parent)
+            return ClosingGroup(
+                called_ae=group.called_ae,
+                grouping=group.grouping,
+                group_uid=group.group_uid,
+                closed_at=(ms + bump) / 1000.0,
+                path=target,
+                key=key,
+            )
+        raise FileExistsError(
+            f"no free closing folder name for {source.parent.name}/{folder} near {ms} ms"
+        )
+
+    def closing_groups(self) -> list[ClosingGroup]:
+        """Every closed group not yet removed, oldest first (temp files inside are removed:
+        a writer whose folder was closed stores its instance again elsewhere)."""
+        groups = []
+        for aet_entry, called_ae in self._aet_folders(self.closing):
+            for entry in _scandir(aet_entry.path):
+                match = _CLOSING_NAME.match(entry.name)
+                if not match or not entry.is_dir(follow_symlinks=False):
+                    continue
+                for temp in _scandir(entry.path):
+                    if temp.name.endswith(_TEMP_SUFFIX):
+                        _unlink_quietly(Path(temp.path))
+                groups.append(
+                    ClosingGroup(
+                        called_ae=called_ae,
+                        grouping=match.group(1),
+                        group_uid=match.group(2),
+                        closed_at=int(match.group(3)) / 1000.0,
+                        path=Path(entry.path),
+                        key=entry.name,
+                    )
+                )
+        return sorted(groups, key=lambda g: (g.closed_at, g.called_ae, g.key))
+
+    def files(self, path: Path) -> list[Path]:
+        """The complete instances (``<sop uid>.dcm``) in a group folder, sorted by name."""
+        return sorted(
+            Path(e.path)
+            for e in _scandir(str(path))
+            if _FILE_NAME.match(e.name) and e.is_file(follow_symlinks=False)
+        )
+
+    def remove(self, closing: ClosingGroup) -> None:
+        """Delete a closing group's folder (after its payload is sealed); idempotent."""
+        path = self.closing / aet_folder(closing.called_ae) / closing.key
+        if not _CLOSING_NAME.match(closing.key):
+            raise ValueError(f"closing key {closing.key!r} is not <grouping>-<uid>-<ms>")
+        shutil.rmtree(path, ignore_errors=True)
+        if path.exists():
+            raise OSError(errno.ENOTEMPTY, f"could not remove closing group folder {path}")
+        if path.parent.exists():
+            _fsync_dir(path.parent)
+
+    def free_bytes(self) -> int:
+        """Bytes available to this (unprivileged) process on the spool's filesystem."""
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def _aet_folders(self, base: Path) -> list[tuple[os.DirEntry[str], str]]:
+        out = []
+        for entry in _scandir(str(base)):
+            called_ae = _aet_from_folder(entry.name)
+            if called_ae is None or not entry.is_dir(follow_symlinks=False):
+                log.debug("ignoring %s in the spool: not an AE title folder", entry.path)
+                continue
+            out.append((entry, called_ae))
+        return out
+
+
+def _scandir(path: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except FileNotFoundError:
+        return []
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _remove_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:  # not empty any more (a writer just started), or gone
+        return
+    _fsync_dir(path.parent)
