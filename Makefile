@@ -12,7 +12,7 @@ PEERS  := dcmtk dicom3tools orthanc openssl
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,ai]'
+	$(BIN)/pip install -q -e '.[dev,ai,triton]'
 	touch $(STAMP)
 
 setup: $(STAMP)

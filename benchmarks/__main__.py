@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
-from benchmarks import handoff
+BENCHMARKS = ("handoff", "pipelines", "dicom_ingest", "inference")
 
 
 def main() -> None:
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
-    for name, bench in (("handoff", handoff),):
-        result = bench.run()
+    for name in BENCHMARKS:
+        result = importlib.import_module(f"benchmarks.{name}").run()
         (out / f"{name}.json").write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))
 

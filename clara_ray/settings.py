@@ -87,6 +87,16 @@ class ServeSettings(_Section):
         "serve.api:build_app",
         description="Import path of the Serve application builder that `clara-ray up` deploys.",
     )
+    inference_app: str | None = Field(
+        "serve.inference:build_app",
+        description="Import path of the inference application (KServe v2 on /v2); empty: none.",
+    )
+    model_repository: Path = Field(
+        Path("models"), description="Model repository (Triton layout) the inference app serves."
+    )
+    inference_cpus: float = Field(
+        0.5, ge=0, description="CPUs reserved per model replica of the inference app."
+    )
     host: str = Field("127.0.0.1", description="HTTP bind address of Ray Serve's proxy.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of Ray Serve's proxy.")
 

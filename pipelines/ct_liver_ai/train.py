@@ -196,6 +196,9 @@ instance_group [
     kind: {instance_kind}
   }}
 ]
+dynamic_batching {{
+  max_queue_delay_microseconds: 2000
+}}
 """
 
 

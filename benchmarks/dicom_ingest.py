@@ -1,0 +1,379 @@
+"""DICOM ingest: dcmtk ``storescu`` -> storescp (C++), Orthanc, and the clara-ray adapter.
+
+One run writes the 300-slice 512x512 CT sample study (157 MB) once, then sends
+it with dcmtk ``storescu`` (``TCP_NODELAY=1``, ``-pdu 131072``) over one
+association, and over two parallel associations (two ``storescu`` processes,
+each sending half of the files), to:
+
+* dcmtk ``storescp --fork -pdu 131072 +B`` (a fresh output folder per run);
+* Orthanc 1.10 (a fresh server and storage folder per run, ``TCP_NODELAY=1``);
+* the clara-ray DICOM adapter, durability on (each instance fsynced before its
+  Success status), its default 2 receiving processes sharing the port, on a
+  local Ray.  Each run sends to an AE title of its own whose group timeout
+  (3600 s) keeps any job from starting while the benchmark runs.
+
+A run's time is the wall time from starting the sender(s) to their exit.  Every
+run is verified: all instances must be in storescp's folder, in Orthanc (REST
+API) or in the adapter's spool (by SOP Instance UID), or the benchmark raises.
+Runs are interleaved (storescp, Orthanc, adapter per round, Ray up throughout)
+so that drift in the machine's load or disk latency hits all receivers alike;
+figures are medians of ``repeats`` rounds; MB is 10^6 bytes.  The result also
+gives how the adapter's receivers shared each run (SO_REUSEPORT hashes each
+connection to one process, so two associations may land on the same one) and
+the disk's cost of one durable write (write + fsync of file and folder).
+Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SLICES = 300
+ASSOCIATIONS = (1, 2)
+PIPELINE = ROOT / "pipelines" / "ct-lung-bone.yaml"
+GROUP_TIMEOUT_S = 3600.0  # no group closes, so no job starts, while the benchmark runs
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+SEND_TIMEOUT_S = 120.0
+
+
+def _progress(message: str) -> None:
+    print(f"[dicom_ingest] {message}", file=sys.stderr, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"receiver exited with code {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout:g} s")
+
+
+def _halves(files: Sequence[Path], parts: int) -> list[list[Path]]:
+    size = -(-len(files) // parts)
+    return [list(files[i : i + size]) for i in range(0, len(files), size)]
+
+
+def _send(port: int, called_ae: str, files: Sequence[Path], associations: int) -> float:
+    """Seconds for ``associations`` parallel storescu processes to send ``files``."""
+    commands = [
+        [
+            "storescu",
+            "-aet",
+            "BENCHSCU",
+            "-aec",
+            called_ae,
+            "-pdu",
+            "131072",
+            "127.0.0.1",
+            str(port),
+            *map(str, part),
+        ]
+        for part in _halves(files, associations)
+    ]
+    start = time.perf_counter()
+    senders = [
+        subprocess.Popen(command, env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for command in commands
+    ]
+    errors = []
+    try:
+        for sender in senders:
+            _, err = sender.communicate(timeout=SEND_TIMEOUT_S)
+            if sender.returncode != 0:
+                errors.append(err.decode(errors="replace")[-2000:])
+    finally:
+        for sender in senders:
+            if sender.poll() is None:
+                sender.kill()
+                sender.wait()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"storescu to {called_ae} on port {port} failed:\n" + "\n".join(errors))
+    return elapsed
+
+
+def _wait_count(count: Any, expected: int, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = count()
+        if got == expected:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: {got} instances arrived, {expected} were sent")
+        time.sleep(0.05)
+
+
+# -- receivers ---------------------------------------------------------------------------------
+
+
+def _storescp_run(files: Sequence[Path], associations: int, work: Path) -> float:
+    out = Path(tempfile.mkdtemp(prefix="storescp-", dir=work))
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            "storescp",
+            "--fork",
+            "-aet",
+            "STORESCP",
+            "-pdu",
+            "131072",
+            "+B",
+            "-od",
+            str(out),
+            str(port),
+        ],
+        env=DCMTK_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_port(port, process)
+        elapsed = _send(port, "STORESCP", files, associations)
+        _wait_count(lambda: sum(1 for p in out.iterdir() if p.is_file()), len(files), "storescp")
+        return elapsed
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _orthanc_run(files: Sequence[Path], associations: int, work: Path) -> float:
+    from tests.peer.orthanc import OrthancServer
+
+    server = OrthancServer(Path(tempfile.mkdtemp(prefix="orthanc-", dir=work)) / "orthanc")
+    try:
+        server.start()  # fresh storage folder, TCP_NODELAY=1, MaximumPduLength 131072
+        elapsed = _send(server.dicom_port, server.aet, files, associations)
+        _wait_count(lambda: len(server.instances()), len(files), "Orthanc")
+        return elapsed
+    finally:
+        server.stop(graceful=False)  # its storage is thrown away
+        shutil.rmtree(server.workdir.parent, ignore_errors=True)
+
+
+class _Adapter:
+    """The platform on a local Ray with the DICOM adapter (durable, 2 receivers)."""
+
+    def __init__(self, work: Path, ae_titles: Sequence[str]) -> None:
+        import ray
+
+        from clara_ray.client import PlatformClient
+        from clara_ray.core.actor import get_or_create_core
+        from clara_ray.dicom.actors import get_or_create_adapter
+        from clara_ray.settings import load_settings
+
+        self.settings = load_settings(
+            env={
+                "CLARA_RAY_DATA_DIR": str(work / "data"),
+                "CLARA_RAY_RAY__NAMESPACE": f"bench{uuid.uuid4().hex[:12]}",
+                "CLARA_RAY_SERVE__ENABLED": "false",
+                "CLARA_RAY_DICOM__PORT": str(_free_port()),
+                "CLARA_RAY_DICOM__DISK_RESERVE_MB": "0",
+                "CLARA_RAY_DICOM__REJECT_UNKNOWN_SOURCES": "false",
+            }
+        )
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        )
+        self.client = PlatformClient(self.settings, get_or_create_core(self.settings))
+        self.handle = get_or_create_adapter(self.settings)
+        status = ray.get(self.handle.status.remote(), timeout=120)
+        self.receivers = len(status["receivers"])
+        self.splits: list[list[int]] = []  # instances per receiver, per run
+        pipeline = self.client.create_pipeline(PIPELINE).name
+        for ae in ae_titles:
+            self.client.call(
+                "dicom_put",
+                "aetitle",
+                {"ae_title": ae, "pipelines": [pipeline], "timeout": GROUP_TIMEOUT_S},
+            )
+        deadline = time.monotonic() + 30
+        while not set(ae_titles) <= set(ray.get(self.handle.status.remote())["aetitles"]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the adapter did not load the benchmark's AE titles in 30 s")
+            time.sleep(0.2)
+
+    @property
+    def port(self) -> int:
+        return self.settings.dicom.port
+
+    def spooled(self, ae_title: str) -> set[str]:
+        """SOP Instance UIDs of the complete instances in the spool for ``ae_title``."""
+        from clara_ray.dicom.spool import aet_folder
+
+        spool = self.settings.spool_dir
+        found = set()
+        for state in ("incoming", "closing"):
+            folder = spool / state / aet_folder(ae_title)
+            if folder.is_dir():
+                found |= {p.stem for p in folder.glob("*/*.dcm") if not p.name.startswith(".")}
+        return found
+
+    def receiver_stats(self) -> list[dict[str, Any]]:
+        import ray
+
+        return list(ray.get(self.handle.status.remote())["receivers"])
+
+    def run(self, ae_title: str, files: Sequence[Path], sop_uids: set[str], n: int) -> float:
+        before = [r["instances"] for r in self.receiver_stats()]
+        elapsed = _send(self.port, ae_title, files, n)
+        after = [r["instances"] for r in self.receiver_stats()]
+        self.splits.append([b - a for a, b in zip(before, after, strict=True)])
+        got = self.spooled(ae_title)
+        if got != sop_uids:
+            raise RuntimeError(
+                f"adapter lost data: {len(sop_uids - got)} of {len(sop_uids)} instances sent to "
+                f"{ae_title} are missing from the spool ({len(got - sop_uids)} unexpected)"
+            )
+        return elapsed
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+
+
+def _figures(seconds: list[float], instances: int, size: int) -> dict[str, Any]:
+    median = statistics.median(seconds)
+    return {
+        "instances_per_s": round(instances / median, 1),
+        "mb_per_s": round(size / median / 1e6, 1),
+        "median_seconds": round(median, 3),
+        "runs_seconds": [round(s, 3) for s in seconds],
+    }
+
+
+def _key(n: int) -> str:
+    return f"{n}_association" + ("s" if n > 1 else "")
+
+
+def _fsync_ms(folder: Path, size: int, samples: int = 30) -> float:
+    """Median ms to write ``size`` bytes, fsync the file and its folder (the spool's floor)."""
+    data = os.urandom(size)
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    times = []
+    try:
+        for i in range(samples):
+            start = time.perf_counter()
+            fd = os.open(folder / f"probe{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.fsync(dfd)
+            times.append(time.perf_counter() - start)
+    finally:
+        os.close(dfd)
+    return round(statistics.median(times) * 1e3, 2)
+
+
+def run(repeats: int = 3) -> dict[str, Any]:
+    """Send the study ``repeats`` times per receiver and association count; figures and ratios.
+
+    Runs are interleaved (storescp, Orthanc, adapter, for 1 then 2 associations, per round)
+    so that drift in this machine's load or disk latency hits every receiver alike.
+    """
+    import pydicom
+    import ray
+
+    from clara_ray.sample import write_sample_study
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # tests.peer.orthanc
+    work = Path(tempfile.mkdtemp(prefix="bench-dicom-"))
+    try:
+        _progress(f"writing the {SLICES}-slice sample study")
+        files = sorted(write_sample_study(work / "study", slices=SLICES))
+        size = sum(f.stat().st_size for f in files)
+        uid_of = {f: str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+        sop_uids = set(uid_of.values())
+        if len(sop_uids) != len(files):
+            raise RuntimeError("the sample study has duplicate SOP Instance UIDs")
+        probe = work / "fsync-probe"
+        probe.mkdir()
+        fsync_ms = _fsync_ms(probe, size // len(files))
+        shutil.rmtree(probe)
+
+        receivers = ("storescp", "orthanc", "adapter")
+        seconds = {name: {_key(n): [] for n in ASSOCIATIONS} for name in receivers}
+        _progress("starting Ray, the Core and the DICOM adapter")
+        try:
+            adapter = _Adapter(
+                work,
+                ["BENCHWARM", *(f"BENCH{n}R{r}" for n in ASSOCIATIONS for r in range(repeats))],
+            )
+            warm = files[:20]
+            adapter.run("BENCHWARM", warm, {uid_of[f] for f in warm}, 2)  # start-up costs
+            adapter.splits.clear()
+            splits: dict[str, list[list[int]]] = {_key(n): [] for n in ASSOCIATIONS}
+            for r in range(repeats):
+                for n in ASSOCIATIONS:
+                    row = seconds["storescp"][_key(n)]
+                    row.append(_storescp_run(files, n, work))
+                    seconds["orthanc"][_key(n)].append(_orthanc_run(files, n, work))
+                    adapter_s = adapter.run(f"BENCH{n}R{r}", files, sop_uids, n)
+                    seconds["adapter"][_key(n)].append(adapter_s)
+                    splits[_key(n)].append(adapter.splits[-1])
+                    _progress(
+                        f"round {r + 1}/{repeats}, {n} association(s): "
+                        + ", ".join(f"{x} {seconds[x][_key(n)][-1]:.3f} s" for x in receivers)
+                        + f" (instances per receiver {adapter.splits[-1]})"
+                    )
+            receiver_count = adapter.receivers
+        finally:
+            ray.shutdown()
+
+        result: dict[str, Any] = {
+            "benchmark": (
+                f"DICOM ingest: dcmtk storescu (TCP_NODELAY, -pdu 131072) of a {len(files)}-slice "
+                f"512x512 CT study ({size / 1e6:.0f} MB), 1 and 2 parallel associations, "
+                f"median of {repeats} interleaved runs"
+            ),
+            "instances": len(files),
+            "megabytes": round(size / 1e6, 1),
+            "adapter_durability": "each instance fsynced (file and folder) before Success",
+            "adapter_receivers": receiver_count,
+            "adapter_instances_per_receiver_per_run": splits,
+            "disk_write_fsync_ms_per_instance": fsync_ms,
+        }
+        for name, by_n in seconds.items():
+            result[name] = {k: _figures(v, len(files), size) for k, v in by_n.items()}
+        for other in ("orthanc", "storescp"):
+            result[f"ratio_adapter_over_{other}"] = {
+                k: round(statistics.median(seconds[other][k]) / statistics.median(v), 3)
+                for k, v in seconds["adapter"].items()
+            }
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

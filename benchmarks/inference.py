@@ -1,0 +1,182 @@
+"""Inference serving: the Ray Serve inference app against a real Triton Inference Server.
+
+Both serve the same TorchScript file (``models/liver-seg/1/model.pt``) with the
+same dynamic batching (at most :data:`MAX_BATCH` rows, :data:`DELAY_US` µs
+queue delay), and one run drives both with the same client
+(``tritonclient.http``, binary tensors, one client per thread), the same
+concurrency and the same inputs (one 128x128 CT slice per request).  Triton is
+nvidia-pytriton's tritonserver 2.51 (the model runs in its Python backend),
+started by ``tests/peer/triton_server.py`` in its own virtual environment.
+Reported per server: requests/s, p50 and p99 latency; then Serve's figures
+over Triton's.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "liver-seg"
+MAX_BATCH = 8
+DELAY_US = 2000
+TORCH_THREADS = 1
+"""Intra-op threads of the model on both servers: a Serve replica with num_cpus 0 gets
+OMP_NUM_THREADS=1 from Ray; the Triton model process gets the same."""
+
+
+def _inputs(count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:128, :128]
+    body = np.where(((yy - 64) / 50) ** 2 + ((xx - 64) / 60) ** 2 < 1, 40.0, -1000.0)
+    return [(body + rng.normal(0, 10, (1, 1, 128, 128))).astype(np.float32) for _ in range(count)]
+
+
+def _drive(url: str, inputs: list[np.ndarray], concurrency: int) -> tuple[float, list[float]]:
+    """Send every input once from ``concurrency`` threads; returns (wall seconds, latencies)."""
+    import tritonclient.http as triton_http
+
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    queue = list(range(len(inputs)))
+
+    def worker() -> None:
+        client = triton_http.InferenceServerClient(url, network_timeout=300)
+        try:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    i = queue.pop()
+                x = inputs[i]
+                inp = triton_http.InferInput("INPUT__0", list(x.shape), "FP32").set_data_from_numpy(
+                    x
+                )
+                start = time.perf_counter()
+                client.infer(MODEL, [inp]).as_numpy("OUTPUT__0")
+                elapsed = time.perf_counter() - start
+                with lock:
+                    latencies.append(elapsed)
+        except BaseException as exc:  # reported after the run
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"inference benchmark request failed against {url}: {errors[0]}")
+    return wall, latencies
+
+
+def _figures(wall: float, latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {
+        "requests_per_s": round(len(latencies) / wall, 1),
+        "p50_ms": round(statistics.median(ordered) * 1000, 1),
+        "p99_ms": round(p99 * 1000, 1),
+    }
+
+
+def _warm(url: str, x: np.ndarray) -> np.ndarray:
+    """Run every batch size twice (TorchScript specialises per shape); return the output for ``x``."""
+    import tritonclient.http as triton_http
+
+    client = triton_http.InferenceServerClient(url, network_timeout=300)
+    try:
+        for rows in [*range(1, MAX_BATCH + 1)] * 2:
+            batch = np.repeat(x, rows, axis=0)
+            inp = triton_http.InferInput("INPUT__0", list(batch.shape), "FP32").set_data_from_numpy(
+                batch
+            )
+            client.infer(MODEL, [inp])
+        inp = triton_http.InferInput("INPUT__0", list(x.shape), "FP32").set_data_from_numpy(x)
+        return client.infer(MODEL, [inp]).as_numpy("OUTPUT__0")  # type: ignore[no-any-return]
+    finally:
+        client.close()
+
+
+def run(requests: int = 256, concurrency: int = 8, rounds: int = 2) -> dict[str, Any]:
+    """Warm both servers, then ``rounds`` alternating rounds; each server's best round counts."""
+    import ray
+    from ray import serve
+
+    from serve.inference import InferenceAppArgs, build_app
+    from tests.conftest import free_port
+    from tests.peer.triton_server import TritonServer
+
+    repository = ROOT / "models"
+    if not (repository / MODEL / "1" / "model.pt").is_file():
+        raise RuntimeError(
+            f"{repository / MODEL / '1' / 'model.pt'} is missing: train it first "
+            "(python -m pipelines.ct_liver_ai.train --out models/liver-seg/1/model.pt --seed 0)"
+        )
+    inputs = _inputs(requests)
+    results: dict[str, list[dict[str, float]]] = {"serve": [], "triton": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            port = free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            args = InferenceAppArgs(
+                model_repository=str(repository),
+                models=[MODEL],
+                num_cpus=0,
+                max_batch_size=MAX_BATCH,
+                batch_wait_timeout_s=DELAY_US / 1e6,
+            )
+            serve.run(build_app(args), name="clara-inference", route_prefix="/v2")
+            with TritonServer(
+                repository,
+                [MODEL],
+                Path(tmp),
+                max_batch_size=MAX_BATCH,
+                delay_us=DELAY_US,
+                torch_threads=TORCH_THREADS,
+            ) as triton:
+                urls = {"serve": f"127.0.0.1:{port}", "triton": triton.http_url}
+                outputs = {name: _warm(url, inputs[0]) for name, url in urls.items()}
+                max_diff = float(np.max(np.abs(outputs["serve"] - outputs["triton"])))
+                for _ in range(rounds):
+                    for name, url in urls.items():
+                        results[name].append(_figures(*_drive(url, inputs, concurrency)))
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    best = {name: max(rs, key=lambda r: r["requests_per_s"]) for name, rs in results.items()}
+    serve_r, triton_r = best["serve"], best["triton"]
+    return {
+        "benchmark": (
+            f"{MODEL} TorchScript, {requests} requests of 1x1x128x128 FP32, concurrency {concurrency}, "
+            f"tritonclient.http binary; dynamic batching {MAX_BATCH} rows / {DELAY_US} us on both; "
+            f"CPU, {TORCH_THREADS} torch thread; best of {rounds} alternating rounds after warm-up"
+        ),
+        "serve": serve_r,
+        "triton": triton_r,
+        "ratio_throughput_serve_over_triton": round(
+            serve_r["requests_per_s"] / triton_r["requests_per_s"], 2
+        ),
+        "ratio_p50_serve_over_triton": round(serve_r["p50_ms"] / triton_r["p50_ms"], 2),
+        "ratio_p99_serve_over_triton": round(serve_r["p99_ms"] / triton_r["p99_ms"], 2),
+        "max_abs_output_difference": max_diff,
+        "rounds": results,
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(), indent=2))

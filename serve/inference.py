@@ -1,0 +1,626 @@
+"""Model inference as a Ray Serve application speaking KServe v2 / Triton's HTTP protocol.
+
+Deploy with ``serve run serve/inference.yaml``, ``serve deploy`` or a
+RayService; the application is ``clara-inference`` on route prefix ``/v2``, so
+``tritonclient.http.InferenceServerClient("host:8000")`` works unchanged.
+Routes (relative to ``/v2``; KServe v2 plus Triton's config and repository index):
+
+    GET  /v2                                       server metadata
+    GET  /v2/health/live    GET /v2/health/ready
+    GET  /v2/models/{m}[/versions/{v}]             model metadata
+    GET  /v2/models/{m}[/versions/{v}]/ready
+    GET  /v2/models/{m}[/versions/{v}]/config      the model's config (Triton's JSON form)
+    POST /v2/models/{m}[/versions/{v}]/infer       JSON tensors or the binary tensor extension
+    POST /v2/repository/index
+
+One deployment per model, ``model-<name>`` (:class:`ModelDeployment`, a thin
+wrapper over a :mod:`clara_ray.inference.backends` class): replicas and
+``num_gpus`` per replica from the model's ``config.pbtxt`` (fractional through
+``parameters { key: "clara_gpu" ... }``), ``@serve.batch`` dynamic batching
+counted in rows, autoscaling from the arguments, ``check_health``.  The FastAPI
+ingress decodes and validates requests, then calls the model deployments
+through DeploymentHandles; pipelines skip the ingress and call the same
+deployments through :class:`clara_ray.inference.clients.ServeClient`.
+"""
+
+import asyncio
+import collections
+import importlib.metadata
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import ray
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import RayServeException
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clara_ray.inference.backends import Backend, TorchScriptBackend, TritonBackend
+from clara_ray.inference.clients import deployment_name
+from clara_ray.inference.metrics import InferenceMetrics
+from clara_ray.inference.protocol import (
+    HEADER_LENGTH,
+    MAX_REQUEST_BYTES,
+    InferenceError,
+    InferResponse,
+    InvalidRequestError,
+    ModelNotReadyError,
+    Tensor,
+    UnknownModelError,
+    binary_output_names,
+    check_body_size,
+    decode_request,
+    decompress_body,
+    encode_response,
+    validate_inputs,
+    validate_outputs,
+    validate_request,
+)
+from clara_ray.inference.repository import ModelEntry, ModelRepository, ModelRepositoryError
+
+__all__ = [
+    "APP_NAME",
+    "ROUTE_PREFIX",
+    "AutoscalingArgs",
+    "InferenceAppArgs",
+    "InferenceIngress",
+    "ModelDeployment",
+    "build_app",
+]
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "clara-inference"
+ROUTE_PREFIX = "/v2"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ModelFailedError(InferenceError):
+    """A model failed on a request that passed validation (HTTP 500)."""
+
+    status_code = 500
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+class AutoscalingArgs(BaseModel):
+    """Ray Serve autoscaling for every model deployment (replaces the instance_group count)."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas per model.")
+    max_replicas: int = Field(2, ge=1, description="Most replicas per model.")
+    target_ongoing_requests: float = Field(
+        4.0, gt=0, description="Ongoing requests per replica the autoscaler aims at."
+    )
+    upscale_delay_s: float = Field(10.0, ge=0, description="Seconds of load before scaling up.")
+    downscale_delay_s: float = Field(60.0, ge=0, description="Seconds idle before scaling down.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingArgs":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) must not exceed max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class InferenceAppArgs(BaseModel):
+    """Arguments of :func:`build_app` (the ``args`` of the Serve config)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model_repository: str = Field(
+        "models",
+        description="Triton-layout model repository; a relative path is tried from the current "
+        "directory, then from the clara-ray source tree.",
+    )
+    models: list[str] | None = Field(None, description="Models to serve; default: every model.")
+    skip_invalid_models: bool = Field(
+        False,
+        description="With `models` unset: log and skip models whose folder is malformed "
+        "(e.g. not trained yet) instead of failing the application.",
+    )
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Rows per dynamic batch, for every model; default: the config's max_batch_size "
+        "when it declares dynamic_batching, else 1 (no batching).",
+    )
+    batch_wait_timeout_s: float | None = Field(
+        None,
+        ge=0,
+        description="Seconds a batch waits to fill; default: the config's "
+        "dynamic_batching.max_queue_delay_microseconds.",
+    )
+    max_ongoing_requests: int | None = Field(
+        None, ge=1, description="Per model replica; default: max(2 x batch size, 16)."
+    )
+    autoscaling: AutoscalingArgs | None = Field(
+        None, description="Autoscaling per model; default: fixed replicas from instance_group."
+    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per model replica unless clara_cpu says.")
+    device: str = Field("auto", description="Torch device of TorchScript models: auto, cpu, cuda.")
+    gpu_fallback: bool = Field(
+        True,
+        description="On a cluster with no GPU at all, run GPU models on CPU with a warning "
+        "instead of waiting forever for a GPU.",
+    )
+    triton_url: str | None = Field(
+        None,
+        description="Forward every model to this Triton server (host:port) instead of running "
+        "the model files; the repository still gives configs.",
+    )
+    triton_protocol: Literal["http", "grpc"] = Field("http", description="Protocol for triton_url.")
+    max_request_bytes: int = Field(
+        MAX_REQUEST_BYTES, ge=1, description="Largest accepted request body, in bytes."
+    )
+    ingress_max_ongoing_requests: int = Field(
+        256, ge=1, description="Concurrent HTTP requests per ingress replica."
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one model deployment needs, decided once by the builder."""
+
+    entry: ModelEntry
+    max_batch_size: int
+    batch_wait_timeout_s: float
+    device: str
+    triton_url: str | None
+    triton_protocol: Literal["http", "grpc"]
+
+
+def _resolve_repository(path: str) -> Path:
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.is_dir():
+        return candidate.resolve()
+    fallback = _REPO_ROOT / candidate
+    return fallback if fallback.is_dir() else candidate.resolve()
+
+
+def _batch_settings(entry: ModelEntry, args: InferenceAppArgs) -> tuple[int, float]:
+    config = entry.config
+    if config.max_batch_size == 0:
+        return 1, 0.0
+    batching = config.dynamic_batching
+    size = args.max_batch_size or (config.max_batch_size if batching else 1)
+    if size > config.max_batch_size:
+        raise ModelRepositoryError(
+            f"max_batch_size {size} of the inference app exceeds model {entry.name!r}'s "
+            f"max_batch_size {config.max_batch_size} ({entry.config_file})"
+        )
+    if args.batch_wait_timeout_s is not None:
+        wait = args.batch_wait_timeout_s
+    else:
+        wait = batching.max_queue_delay_microseconds / 1e6 if batching else 0.0
+    return size, wait
+
+
+# --------------------------------------------------------------------------- model deployment
+
+
+@dataclass
+class _Item:
+    version: str
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]
+    rows: int
+
+
+def _batch_rows(items: list[_Item]) -> int:
+    return sum(item.rows for item in items)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=10)
+class ModelDeployment:
+    """Every served version of one model; requests are batched by :meth:`_run_batch`."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.entry = plan.entry
+        self.name = plan.entry.name
+        self.backends: dict[str, Backend] = {}
+        for version in self.entry.versions:
+            if plan.triton_url:
+                self.backends[version] = TritonBackend(
+                    self.entry.config, version, plan.triton_url, plan.triton_protocol
+                )
+            else:
+                self.backends[version] = TorchScriptBackend(
+                    self.entry.config, version, self.entry.model_file(version), plan.device
+                )
+        self.metrics = InferenceMetrics()
+        self.batches: collections.deque[tuple[int, int]] = collections.deque(maxlen=1000)
+        self._run_batch.set_max_batch_size(plan.max_batch_size)  # type: ignore[attr-defined]
+        self._run_batch.set_batch_wait_timeout_s(plan.batch_wait_timeout_s)  # type: ignore[attr-defined]
+
+    async def infer(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str] | None = None,
+        version: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Validate and run one request (batched with concurrent ones)."""
+        start = time.perf_counter()
+        try:
+            chosen = self.entry.resolve_version(version)
+            validate_inputs(self.entry.config, inputs)
+            names = validate_outputs(self.entry.config, outputs)
+            rows = (
+                int(next(iter(inputs.values())).shape[0])
+                if self.entry.config.max_batch_size > 0 and inputs
+                else 1
+            )
+            if rows > self.plan.max_batch_size:  # larger requests run alone, unsplit
+                result = await asyncio.to_thread(self._run_alone, chosen, inputs, names)
+            else:
+                result = await self._run_batch(_Item(chosen, inputs, names, rows))
+        except InferenceError as exc:
+            self.metrics.request(self.name, exc.status_code)
+            raise
+        except Exception as exc:
+            self.metrics.request(self.name, 500)
+            log.exception("model %s failed", self.name)
+            raise ModelFailedError(f"model {self.name!r} failed: {exc}") from None
+        self.metrics.request(self.name, 200)
+        self.metrics.latency(self.name, time.perf_counter() - start)
+        return result
+
+    def _run_alone(
+        self, version: str, inputs: dict[str, np.ndarray], names: list[str]
+    ) -> dict[str, np.ndarray]:
+        self.batches.append((1, int(next(iter(inputs.values())).shape[0])))
+        self.metrics.batch(self.name, self.batches[-1][1])
+        return self.backends[version].infer(inputs, names)
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0, batch_size_fn=_batch_rows)
+    async def _run_batch(self, items: list[_Item]) -> list[dict[str, np.ndarray]]:
+        rows = _batch_rows(items)
+        self.batches.append((len(items), rows))
+        self.metrics.batch(self.name, rows)
+        return await asyncio.to_thread(self._compute, items)
+
+    def _compute(self, items: list[_Item]) -> list[dict[str, np.ndarray]]:
+        results: list[dict[str, np.ndarray]] = [{} for _ in items]
+        by_version: dict[str, list[int]] = collections.defaultdict(list)
+        for i, item in enumerate(items):
+            by_version[item.version].append(i)
+        for version, indices in by_version.items():
+            outs = self.backends[version].infer_many(
+                [items[i].inputs for i in indices], [items[i].outputs for i in indices]
+            )
+            for i, out in zip(indices, outs, strict=True):
+                results[i] = out
+        return results
+
+    def metadata(self, version: str | None = None) -> dict[str, Any]:
+        self.entry.resolve_version(version)
+        return self.entry.metadata()
+
+    def ready(self, version: str | None = None) -> bool:
+        backend = self.backends[self.entry.resolve_version(version)]
+        try:
+            backend.check_health()
+        except InferenceError:
+            return False
+        return True
+
+    def check_health(self) -> None:
+        for backend in self.backends.values():
+            backend.check_health()
+
+    def stats(self) -> dict[str, Any]:
+        """Recent batches (requests, rows), this replica's id and GPU ids, for tests and operators."""
+        context = serve.get_replica_context()
+        backend = next(iter(self.backends.values()))
+        return {
+            "model": self.name,
+            "replica": context.replica_id.unique_id,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "device": getattr(backend, "device", "triton"),
+            "torch_threads": _torch_threads(),
+            "max_batch_size": self.plan.max_batch_size,
+            "batch_wait_timeout_s": self.plan.batch_wait_timeout_s,
+            "batches": list(self.batches),
+        }
+
+    def __del__(self) -> None:
+        for backend in getattr(self, "backends", {}).values():
+            backend.close()
+
+
+def _torch_threads() -> int | None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return None if torch is None else int(torch.get_num_threads())
+
+
+# --------------------------------------------------------------------------- HTTP ingress
+
+
+class _RootPath:
+    """ASGI middleware: ``GET /v2`` (tritonclient's server metadata) reaches the ``/`` route.
+
+    Under route prefix ``/v2`` Starlette sees that request as the empty path and
+    would answer a 307 redirect, which tritonclient does not follow.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path", "") == scope.get("root_path", ""):
+            scope = {**scope, "path": scope.get("path", "") + "/"}
+        await self.app(scope, receive, send)
+
+
+api = FastAPI(
+    title="clara-ray inference (KServe v2)", docs_url=None, redoc_url=None, openapi_url=None
+)
+api.add_middleware(_RootPath)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@api.exception_handler(InferenceError)
+async def _inference_error(_request: Request, exc: InferenceError) -> JSONResponse:
+    return _error(exc.status_code, str(exc))
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail))
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    if isinstance(exc, RayTaskError) and exc.cause is not None:
+        return exc.cause
+    return exc
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        check_body_size(int(declared), limit)
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        check_body_size(total, limit)
+        chunks.append(chunk)
+    return decompress_body(b"".join(chunks), request.headers.get("content-encoding"), limit)
+
+
+def _header_length(request: Request) -> int | None:
+    raw = request.headers.get(HEADER_LENGTH)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidRequestError(f"{HEADER_LENGTH} must be an integer, got {raw!r}") from None
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("clara-ray")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class InferenceIngress:
+    """The KServe v2 HTTP routes over the model deployments."""
+
+    def __init__(
+        self, entries: dict[str, ModelEntry], handles: dict[str, Any], max_request_bytes: int
+    ) -> None:
+        self.entries = entries
+        self.handles = handles
+        self.max_request_bytes = max_request_bytes
+        self.metrics = InferenceMetrics()
+
+    def _entry(self, name: str) -> ModelEntry:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise UnknownModelError(
+                f"unknown model {name!r}; models served: {', '.join(sorted(self.entries)) or 'none'}"
+            )
+        return entry
+
+    async def _model_ready(self, name: str, version: str | None) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.handles[name].ready.remote(version), 10.0))
+        except (TimeoutError, RayTaskError, RayActorError, RayServeException):
+            return False  # a replica that cannot answer is not ready
+
+    # -- server --------------------------------------------------------------
+
+    @api.get("/")
+    async def server_metadata(self) -> dict[str, Any]:
+        return {
+            "name": "clara-ray",
+            "version": _version(),
+            "extensions": ["binary_tensor_data", "model_configuration", "model_repository"],
+        }
+
+    @api.get("/health/live")
+    async def live(self) -> Response:
+        return Response(status_code=200)
+
+    @api.get("/health/ready")
+    async def ready(self) -> Response:
+        states = await asyncio.gather(*(self._model_ready(n, None) for n in self.entries))
+        not_ready = [n for n, ok in zip(self.entries, states, strict=True) if not ok]
+        if not_ready:
+            return _error(503, f"models not ready: {', '.join(not_ready)}")
+        return Response(status_code=200)
+
+    @api.post("/repository/index")
+    async def repository_index(self) -> list[dict[str, Any]]:
+        return [
+            {"name": name, "version": v, "state": "READY"}
+            for name, entry in sorted(self.entries.items())
+            for v in entry.versions
+        ]
+
+    # -- models --------------------------------------------------------------
+
+    @api.get("/models/{name}")
+    async def model_metadata(self, name: str) -> dict[str, Any]:
+        return self._entry(name).metadata()
+
+    @api.get("/models/{name}/versions/{version}")
+    async def model_version_metadata(self, name: str, version: str) -> dict[str, Any]:
+        entry = self._entry(name)
+        entry.resolve_version(version)
+        return entry.metadata()
+
+    @api.get("/models/{name}/ready")
+    async def model_ready(self, name: str) -> Response:
+        return await self._ready_response(name, None)
+
+    @api.get("/models/{name}/versions/{version}/ready")
+    async def model_version_ready(self, name: str, version: str) -> Response:
+        return await self._ready_response(name, version)
+
+    async def _ready_response(self, name: str, version: str | None) -> Response:
+        entry = self._entry(name)
+        chosen = entry.resolve_version(version)
+        if not await self._model_ready(name, chosen):
+            raise ModelNotReadyError(f"model {name!r} version {chosen} is not ready")
+        return Response(status_code=200)
+
+    @api.get("/models/{name}/config")
+    async def model_config(self, name: str) -> dict[str, Any]:
+        return self._entry(name).config.to_json()
+
+    @api.get("/models/{name}/versions/{version}/config")
+    async def model_version_config(self, name: str, version: str) -> dict[str, Any]:
+        entry = self._entry(name)
+        entry.resolve_version(version)
+        return entry.config.to_json()
+
+    @api.post("/models/{name}/infer")
+    async def infer(self, name: str, request: Request) -> Response:
+        return await self._infer(name, None, request)
+
+    @api.post("/models/{name}/versions/{version}/infer")
+    async def infer_version(self, name: str, version: str, request: Request) -> Response:
+        return await self._infer(name, version, request)
+
+    async def _infer(self, name: str, version: str | None, request: Request) -> Response:
+        if name not in self.entries:
+            self.metrics.request("", 404)  # unknown names would make unbounded label values
+            self._entry(name)
+        entry = self.entries[name]
+        try:
+            chosen = entry.resolve_version(version)
+            body = await _read_body(request, self.max_request_bytes)
+            decoded = decode_request(body, _header_length(request))
+            arrays = validate_request(decoded, entry.config)
+        except InferenceError as exc:
+            self.metrics.request(name, exc.status_code)  # the model deployment never sees it
+            raise
+        try:
+            result = await self.handles[name].infer.remote(arrays, decoded.output_names(), chosen)
+        except Exception as exc:
+            cause = _unwrap(exc)
+            if isinstance(cause, InferenceError):
+                raise cause from None
+            log.exception("inference on model %s failed", name)
+            raise ModelFailedError(f"model {name!r} failed: {cause}") from None
+        response = InferResponse(
+            model_name=name,
+            model_version=chosen,
+            outputs=[Tensor.from_numpy(n, a) for n, a in result.items()],
+            id=decoded.id,
+        )
+        body, header_length = encode_response(response, binary_output_names(decoded, result))
+        if header_length is None:
+            return Response(body, media_type="application/json")
+        return Response(
+            body,
+            media_type="application/octet-stream",
+            headers={HEADER_LENGTH: str(header_length)},
+        )
+
+
+# --------------------------------------------------------------------------- builder
+
+
+def _model_app(plan: _Plan, args: InferenceAppArgs, has_gpu: bool | None) -> Any:
+    config = plan.entry.config
+    num_gpus = config.num_gpus
+    if num_gpus > 0 and has_gpu is False:
+        if not args.gpu_fallback:
+            raise ModelRepositoryError(
+                f"model {config.name!r} asks for {num_gpus} GPU per replica but the cluster has no GPU"
+            )
+        log.warning(
+            "model %s asks for %s GPU per replica but the Ray cluster has no GPU: running it on CPU",
+            config.name,
+            num_gpus,
+        )
+        num_gpus = 0
+    options: dict[str, Any] = {
+        "name": deployment_name(config.name),
+        "ray_actor_options": {
+            "num_cpus": config.num_cpus if config.num_cpus is not None else args.num_cpus,
+            "num_gpus": num_gpus,
+        },
+        "max_ongoing_requests": args.max_ongoing_requests or max(2 * plan.max_batch_size, 16),
+    }
+    if args.autoscaling is not None:
+        options["autoscaling_config"] = args.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = config.num_replicas
+    return ModelDeployment.options(**options).bind(plan)  # type: ignore[attr-defined]
+
+
+def _cluster_has_gpu() -> bool | None:
+    """True/False when connected to Ray, None when the builder runs outside a cluster."""
+    if not ray.is_initialized():
+        return None
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def build_app(args: InferenceAppArgs) -> serve.Application:
+    """The inference application: one deployment per model plus the HTTP ingress."""
+    if not isinstance(args, InferenceAppArgs):
+        args = InferenceAppArgs.model_validate(args)
+    repository = ModelRepository(_resolve_repository(args.model_repository))
+    entries: dict[str, ModelEntry] = {}
+    for name in args.models if args.models is not None else repository.names():
+        try:
+            entries[name] = repository.model(name)
+        except (ModelRepositoryError, UnknownModelError) as exc:
+            if args.skip_invalid_models and args.models is None:
+                log.warning("not serving model %s: %s", name, exc)
+                continue
+            raise
+    if not entries:
+        raise ModelRepositoryError(
+            f"model repository {str(repository.root)!r} has no model to serve"
+        )
+    has_gpu = _cluster_has_gpu()
+    handles = {}
+    for name, entry in entries.items():
+        size, wait = _batch_settings(entry, args)
+        plan = _Plan(entry, size, wait, args.device, args.triton_url, args.triton_protocol)
+        handles[name] = _model_app(plan, args, has_gpu)
+    log.info("inference app: serving %s from %s", ", ".join(entries), repository.root)
+    return InferenceIngress.options(max_ongoing_requests=args.ingress_max_ongoing_requests).bind(  # type: ignore[attr-defined]
+        entries, handles, args.max_request_bytes
+    )
