@@ -5,14 +5,28 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = Path(__file__).resolve().parent / "pipelines"
+
+
+def wait_for(
+    condition: Callable[[], object], timeout: float = 60.0, what: str = "condition"
+) -> object:
+    """Poll ``condition`` until it returns something truthy (returned) or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -17,24 +16,12 @@ import ray
 from clara_ray.dicom.actors import get_or_create_adapter
 from clara_ray.sample import generate_phantom, write_ct_series
 from clara_ray.settings import load_settings
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_for
 from tests.peer.orthanc import OrthancServer, orthanc_fixture
 
 pytestmark = [pytest.mark.ray, pytest.mark.peer, pytest.mark.slow]
 orthanc = orthanc_fixture()
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def wait_for(
-    condition: Callable[[], object], timeout: float = 120.0, what: str = "condition"
-) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture

@@ -7,29 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from textwrap import dedent
 
 import pytest
 import ray
 
-from tests.conftest import PIPELINES, ROOT
+from tests.conftest import PIPELINES, ROOT, wait_for
 
 pytestmark = pytest.mark.ray
-
-
-def wait_for(
-    condition: Callable[[], object], timeout: float = 60.0, what: str = "condition"
-) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def pipeline_file(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,32 +10,15 @@ import pytest
 from pydicom.uid import ImplicitVRLittleEndian, RLELossless
 
 from clara_ray.sample import generate_phantom, write_ct_series, write_sample_study
+from tests.peer.dicom3tools import assert_consistent, assert_valid
 
 pytestmark = pytest.mark.peer
 
 
-def _run(tool: str, paths: list[Path]) -> tuple[int, str]:
-    exe = shutil.which(tool)
-    if exe is None:
-        pytest.fail(f"{tool} is not installed (Debian package dicom3tools)")
-    done = subprocess.run(
-        [exe, *map(str, paths)], capture_output=True, text=True, timeout=120, check=False
-    )
-    return done.returncode, done.stdout + done.stderr
-
-
-def _errors(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith("Error")]
-
-
 def _check(paths: list[Path]) -> None:
     for path in (paths[0], paths[len(paths) // 2], paths[-1]):
-        rc, output = _run("dciodvfy", [path])
-        assert _errors(output) == [], f"dciodvfy {path.name}:\n{output}"
-        assert rc == 0, f"dciodvfy {path.name} exited {rc}:\n{output}"
-    rc, output = _run("dcentvfy", paths)
-    assert _errors(output) == [], f"dcentvfy:\n{output}"
-    assert rc == 0, f"dcentvfy exited {rc}:\n{output}"
+        assert_valid(path)
+    assert_consistent(paths)
 
 
 def test_sample_study_passes(tmp_path: Path) -> None:

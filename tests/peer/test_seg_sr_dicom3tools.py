@@ -8,8 +8,6 @@ together (same patient, study and frame of reference).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,34 +17,9 @@ from clara_ray.operators.dicom_seg import write_seg
 from clara_ray.operators.dicom_sr import write_sr
 from clara_ray.operators.measurements import measure_segments
 from tests.derived_helpers import GEOMETRIES, Case, make_case
+from tests.peer.dicom3tools import assert_consistent, assert_valid
 
 pytestmark = pytest.mark.peer
-
-
-def _run(tool: str, paths: list[Path]) -> tuple[int, str]:
-    exe = shutil.which(tool)
-    if exe is None:
-        pytest.fail(f"{tool} is not installed (Debian package dicom3tools)")
-    done = subprocess.run(
-        [exe, *map(str, paths)], capture_output=True, text=True, timeout=120, check=False
-    )
-    return done.returncode, done.stdout + done.stderr
-
-
-def _errors(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith("Error")]
-
-
-def _valid(path: Path) -> None:
-    rc, output = _run("dciodvfy", [path])
-    assert _errors(output) == [], f"dciodvfy {path.name}:\n{output}"
-    assert rc == 0, f"dciodvfy {path.name} exited {rc}:\n{output}"
-
-
-def _consistent(paths: list[Path]) -> None:
-    rc, output = _run("dcentvfy", paths)
-    assert _errors(output) == [], f"dcentvfy:\n{output}"
-    assert rc == 0, f"dcentvfy exited {rc}:\n{output}"
 
 
 @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
@@ -58,9 +31,9 @@ def test_seg_and_sr_pass_dciodvfy_and_dcentvfy(tmp_path: Path, geometry: str) ->
         "sr_files"
     ]
     seg, sr = Path(seg_files[0]), Path(sr_files[0])  # local storage: storage paths are OS paths
-    _valid(seg)
-    _valid(sr)
-    _consistent([seg, sr, *case.files])
+    assert_valid(seg)
+    assert_valid(sr)
+    assert_consistent([seg, sr, *case.files])
 
 
 def test_fractional_seg_passes(tmp_path: Path) -> None:
@@ -75,8 +48,8 @@ def test_fractional_seg_passes(tmp_path: Path) -> None:
         fractional=True,
     )["seg_files"]
     seg = Path(seg_files[0])
-    _valid(seg)
-    _consistent([seg, *case.files])
+    assert_valid(seg)
+    assert_consistent([seg, *case.files])
 
 
 def test_unknown_segment_names_still_pass(tmp_path: Path) -> None:
@@ -85,8 +58,8 @@ def test_unknown_segment_names_still_pass(tmp_path: Path) -> None:
         case.labels.array, segments=[{"label": 4, "name": "lesion"}]
     )  # body, lungs and bone unnamed: "segment N", generic Tissue
     seg = Path(write_seg(case.context("seg"), labels)["seg_files"][0])
-    _valid(seg)
-    _consistent([seg, *case.files])
+    assert_valid(seg)
+    assert_consistent([seg, *case.files])
 
 
 def test_single_segment_seg_and_sr_pass(tmp_path: Path) -> None:
@@ -105,6 +78,6 @@ def test_single_segment_seg_and_sr_pass(tmp_path: Path) -> None:
         "sr_files"
     ]
     seg, sr = Path(seg_files[0]), Path(sr_files[0])
-    _valid(seg)
-    _valid(sr)
-    _consistent([seg, sr, *case.files])
+    assert_valid(seg)
+    assert_valid(sr)
+    assert_consistent([seg, sr, *case.files])

@@ -155,7 +155,9 @@ def _pipeline_variant(tmp_path: Path, kind_lines: str, name: str) -> Path:
     text = (ROOT / "pipelines" / "ct-liver-ai.yaml").read_text()
     text = text.replace("name: ct-liver-ai\n", f"name: {name}\n", 1)
     text = text.replace("    kind: serve\n", kind_lines, 1)
-    text = text.replace("requests: {cpu: 1, gpu: 1, memory: 4Gi}", "requests: {cpu: 1, memory: 4Gi}", 1)
+    text = text.replace(
+        "requests: {cpu: 1, gpu: 1, memory: 4Gi}", "requests: {cpu: 1, memory: 4Gi}", 1
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     return path
