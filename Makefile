@@ -25,14 +25,18 @@ peers:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The embedded demo accepts DICOM from any peer on this machine (reject_unknown_sources off)
+# and runs ct-lung-bone on studies sent to the AE title CLARA.
 run: setup
-	$(BIN)/clara-ray up
+	CLARA_RAY_DICOM__REJECT_UNKNOWN_SOURCES=false $(BIN)/clara-ray up
 	@test -f $(SAMPLE)/CT000001.dcm || $(BIN)/clara-ray sample-study $(SAMPLE)
 	$(BIN)/python -m clara_ray.run pipelines/ct-lung-bone.yaml $(SAMPLE) --param destination=none --download results
+	@$(BIN)/clara-ray dicom create aetitle CLARA --pipeline ct-lung-bone --timeout 5 >/dev/null
 	@echo
 	@$(BIN)/clara-ray status
 	@echo
-	@echo "The platform stays up: try '$(BIN)/clara-ray list jobs'; 'make stop' stops it."
+	@echo "The platform stays up: '$(BIN)/clara-ray list jobs'; send a study with"
+	@echo "'storescu -aec CLARA 127.0.0.1 11112 +sd $(SAMPLE)'; 'make stop' stops it."
 
 stop:
 	@if [ -x $(BIN)/clara-ray ]; then $(BIN)/clara-ray down; fi
