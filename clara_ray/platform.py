@@ -190,13 +190,9 @@ def down(settings: Settings) -> dict[str, Any]:
     if settings.ray.address == "local":
         if local_ray_info(settings) is None:
             return {"stopped": []}
-        proc = subprocess.run(
-            [_ray_cli(), "stop", "--force"], capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
-            raise ClaraError(f"`ray stop` failed: {proc.stderr.strip()}")
+        count = _stop_local_head(settings.ray.gcs_port)
         (settings.run_dir / _STATE_FILE).unlink(missing_ok=True)
-        return {"stopped": ["ray"]}
+        return {"stopped": ["ray"], "processes": count}
     stopped: list[str] = []
     _init(_address(settings), settings)
     if settings.serve.enabled:

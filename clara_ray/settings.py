@@ -74,6 +74,11 @@ class CoreSettings(_Section):
     default_operator_timeout: float | None = Field(
         None, gt=0, description="Seconds for operators whose pipeline sets no timeout."
     )
+    gpu_fallback: bool = Field(
+        True,
+        description="Run GPU operators on CPU (with a warning) when the cluster has no GPU at "
+        "all; turn off on clusters whose GPU workers scale from zero, so jobs wait for them.",
+    )
     report_retry_seconds: float = Field(
         120.0,
         gt=0,

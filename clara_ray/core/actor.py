@@ -15,7 +15,13 @@ from clara_ray.runner.job_runner import JobRunner, RunnerConfig, runner_name
 from clara_ray.settings import Settings
 from clara_ray.storage import Storage
 
-__all__ = ["CORE_ACTOR_NAME", "CoreActor", "RayRunnerLauncher", "get_or_create_core"]
+__all__ = [
+    "CORE_ACTOR_NAME",
+    "CoreActor",
+    "RayRunnerLauncher",
+    "get_or_create_core",
+    "on_head_node",
+]
 
 CORE_ACTOR_NAME = "clara-core"
 _RECONCILE_SECONDS = 5.0
@@ -69,6 +75,7 @@ class RayRunnerLauncher:
             core_name=CORE_ACTOR_NAME,
             report_retry_seconds=self.settings.core.report_retry_seconds,
             default_operator_timeout=self.settings.core.default_operator_timeout,
+            gpu_fallback=self.settings.core.gpu_fallback,
         )
         runner = JobRunner.options(  # type: ignore[attr-defined]
             name=runner_name(job.job_id),
@@ -159,6 +166,12 @@ def get_or_create_core(settings: Settings) -> Any:
         "max_task_retries": -1,
         "num_cpus": 0,
     }
-    if any(k == "node:__internal_head__" for k in ray.cluster_resources()):
-        options["resources"] = {"node:__internal_head__": 0.001}
-    return CoreActorRemote.options(**options).remote(settings)
+    return CoreActorRemote.options(**options, **on_head_node()).remote(settings)
+
+
+def on_head_node() -> dict[str, Any]:
+    """Actor options that place it on the head node (where the state database, the DICOM
+    spool and the DICOM port live); empty where Ray has no head-node resource."""
+    if "node:__internal_head__" in ray.cluster_resources():
+        return {"resources": {"node:__internal_head__": 0.001}}
+    return {}

@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from clara_ray.core.actor import CORE_ACTOR_NAME
+from clara_ray.core.actor import CORE_ACTOR_NAME, on_head_node
 from clara_ray.core.handle import CoreHandle
 from clara_ray.dicom.config import DicomConfig
 from clara_ray.dicom.exporter import run_export
@@ -78,7 +78,7 @@ class DicomAdapter:
         self.config: DicomConfig = self.core.call("dicom_config")
         _, self.client_ssl = _ssl_contexts(settings)
         self.receivers = [
-            DicomReceiver.remote(settings, self.config)  # type: ignore[attr-defined]
+            DicomReceiver.options(**on_head_node()).remote(settings, self.config)  # type: ignore[attr-defined]
             for _ in range(settings.dicom.receivers)
         ]
         ray.get([r.info.remote() for r in self.receivers])
@@ -180,5 +180,6 @@ def get_or_create_adapter(settings: Settings) -> Any:
         max_restarts=-1,
         max_task_retries=-1,
         num_cpus=0,
+        **on_head_node(),
         max_concurrency=8,
     ).remote(settings)

@@ -49,6 +49,7 @@ class RunnerConfig:
     core_name: str
     report_retry_seconds: float = 120.0
     default_operator_timeout: float | None = None
+    gpu_fallback: bool = True
 
 
 class _Stop(Exception):
@@ -126,7 +127,7 @@ class JobRunner:
         pending: dict[Any, ResolvedOperator] = {}
         for op in plan.operators:
             gpus = op.spec.requests.gpu
-            if gpus and not has_gpus:
+            if gpus and not has_gpus and cfg.gpu_fallback:
                 self._warn_cpu_fallback(op.name, gpus)
                 gpus = 0
             meta_ref, outputs[op.name] = self._submit(op, gpus, outputs, me, plan.services)

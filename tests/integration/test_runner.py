@@ -161,6 +161,8 @@ def test_worker_killed_mid_operator_is_retried(platform, payload_dir, tmp_path):
     )
     job = platform.create_job(str(path), str(payload_dir), start=True)
     pid = int(wait_for(lambda: marker.exists() and marker.read_text(), what="operator pid"))
+    # the first attempt's start is recorded before the kill, so the retry is counted as such
+    wait_for(lambda: operator(platform, job.job_id, "only")["attempts"] == 1, what="attempt 1")
     os.kill(pid, signal.SIGKILL)
     described = platform.wait_job(job.job_id, timeout=120)
     assert described["status"] == "Healthy", described
