@@ -33,29 +33,15 @@ from clara_ray.operators.ai_segmentation import (
     segment_liver,
 )
 from clara_ray.sample.phantom import generate_phantom
-from clara_ray.storage import Storage
 from clara_ray.volume import InstanceReference, SeriesReference, Volume
+from tests.contexts import operator_context
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / DEFAULT_MODEL_PATH
 
 
 def make_context(tmp_path: Path, gpu_ids: tuple[int, ...] = ()) -> OperatorContext:
-    storage = Storage(str(tmp_path / "storage"))
-    source = tmp_path / "source"
-    source.mkdir()
-    (source / "dummy.dcm").write_bytes(b"\0")
-    storage.upload_payload("payload-1", source)
-    storage.seal_payload("payload-1")
-    return OperatorContext(
-        job_id="job-1",
-        job_name="test",
-        pipeline="ct-liver-ai",
-        operator="segment",
-        payload=storage.payload_view("payload-1"),
-        results=storage.results("job-1", "segment"),
-        gpu_ids=gpu_ids,
-    )
+    return operator_context(tmp_path, "segment", pipeline="ct-liver-ai", gpu_ids=gpu_ids)
 
 
 def phantom_volume(shape: tuple[int, int, int], seed: int) -> Volume:

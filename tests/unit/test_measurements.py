@@ -10,27 +10,14 @@ import pytest
 
 from clara_ray.context import OperatorContext
 from clara_ray.operators.measurements import MEASUREMENTS_FILE, measure, measure_segments
-from clara_ray.storage import Storage
 from clara_ray.volume import SeriesReference, Volume
+from tests.contexts import operator_context
 
 SPACING = (2.0, 1.0, 1.0)
 
 
 def make_context(tmp_path: Path) -> OperatorContext:
-    storage = Storage(str(tmp_path / "storage"))
-    source = tmp_path / "source"
-    source.mkdir()
-    (source / "dummy.dcm").write_bytes(b"\0")
-    storage.upload_payload("payload-1", source)
-    storage.seal_payload("payload-1")
-    return OperatorContext(
-        job_id="job-1",
-        job_name="test",
-        pipeline="test",
-        operator="measure",
-        payload=storage.payload_view("payload-1"),
-        results=storage.results("job-1", "measure"),
-    )
+    return operator_context(tmp_path, "measure")
 
 
 def cube_volumes() -> tuple[Volume, Volume, np.ndarray]:

@@ -13,8 +13,8 @@ import pytest
 
 from clara_ray.context import OperatorContext
 from clara_ray.operators.nrrd import read_nrrd, write_label_map, write_nrrd
-from clara_ray.storage import Storage
 from clara_ray.volume import Volume
+from tests.contexts import operator_context
 
 COS, SIN = math.cos(math.radians(30)), math.sin(math.radians(30))
 # Columns: LPS unit vectors along column, row and slice index (an oblique, flipped grid).
@@ -22,20 +22,7 @@ DIRECTION = ((COS, -SIN, 0.0), (SIN, COS, 0.0), (0.0, 0.0, -1.0))
 
 
 def make_context(tmp_path: Path) -> OperatorContext:
-    storage = Storage(str(tmp_path / "storage"))
-    source = tmp_path / "source"
-    source.mkdir()
-    (source / "dummy.dcm").write_bytes(b"\0")
-    storage.upload_payload("payload-1", source)
-    storage.seal_payload("payload-1")
-    return OperatorContext(
-        job_id="job-1",
-        job_name="test",
-        pipeline="test",
-        operator="export",
-        payload=storage.payload_view("payload-1"),
-        results=storage.results("job-1", "export"),
-    )
+    return operator_context(tmp_path, "export")
 
 
 def oblique_volume(array: np.ndarray) -> Volume:

@@ -23,8 +23,8 @@ from clara_ray.operators.segmentation import (
     segment_list,
 )
 from clara_ray.sample.phantom import generate_phantom
-from clara_ray.storage import Storage
 from clara_ray.volume import Volume
+from tests.contexts import operator_context
 
 SHAPE = (32, 96, 96)
 SPACING = (2.5, 1.5, 1.5)  # 5.625 mm3 per voxel
@@ -40,20 +40,7 @@ class Synthetic:
 
 
 def make_context(tmp_path: Path) -> OperatorContext:
-    storage = Storage(str(tmp_path / "storage"))
-    source = tmp_path / "source"
-    source.mkdir()
-    (source / "dummy.dcm").write_bytes(b"\0")
-    storage.upload_payload("payload-1", source)
-    storage.seal_payload("payload-1")
-    return OperatorContext(
-        job_id="job-1",
-        job_name="test",
-        pipeline="test",
-        operator="segment",
-        payload=storage.payload_view("payload-1"),
-        results=storage.results("job-1", "segment"),
-    )
+    return operator_context(tmp_path, "segment")
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
