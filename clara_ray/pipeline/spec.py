@@ -48,6 +48,13 @@ _UNITS = {
 }
 
 
+def check_name(value: str) -> str:
+    """A pipeline, operator or service name: lowercase letters, digits, '-' or '_'."""
+    if not NAME_PATTERN.match(value):
+        raise ValueError(f"must be lowercase letters, digits, '-' or '_' (max 64), got {value!r}")
+    return value
+
+
 def parse_memory(value: int | float | str) -> int:
     """Bytes from Clara's memory request: a number of MiB or a string like ``'2Gi'``."""
     if isinstance(value, bool):
@@ -139,12 +146,7 @@ class ServiceSpec(_Strict):
     protocol: Literal["http", "grpc"] = Field("http", description="Triton protocol, kind triton.")
     app: str = Field("clara-inference", description="Serve application name, kind serve.")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_PATTERN.match(v):
-            raise ValueError(f"must be lowercase letters, digits, '-' or '_' (max 64), got {v!r}")
-        return v
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
 
     @model_validator(mode="after")
     def _url(self) -> ServiceSpec:
@@ -164,12 +166,7 @@ class OperatorSpec(_Strict):
     timeout: float | None = Field(None, gt=0, description="Seconds before the operator is stopped.")
     retries: int = Field(0, ge=0, le=10, description="Re-runs after a worker crash.")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_PATTERN.match(v):
-            raise ValueError(f"must be lowercase letters, digits, '-' or '_' (max 64), got {v!r}")
-        return v
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
 
     @field_validator("run")
     @classmethod
@@ -208,12 +205,7 @@ class PipelineSpec(_Strict):
             )
         return text
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_PATTERN.match(v):
-            raise ValueError(f"must be lowercase letters, digits, '-' or '_' (max 64), got {v!r}")
-        return v
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
 
     @field_validator("parameters")
     @classmethod
