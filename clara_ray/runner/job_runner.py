@@ -68,6 +68,8 @@ class JobRunner:
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._running_since: dict[str, float] = {}
+        self._start_reports = threading.Lock()
+        self._reported_starts: set[tuple[str, float]] = set()
         self._core = CoreHandle(config.core_name, config.namespace, config.report_retry_seconds)
         self._metrics = RunnerMetrics()
 
@@ -77,15 +79,31 @@ class JobRunner:
     ) -> None:
         with self._lock:
             self._running_since[operator] = started_at
-        self._report(
-            "operator_started",
-            self.config.job_id,
-            operator,
-            started_at=started_at,
-            node_id=node_id,
-            node_ip=node_ip,
-            gpu_ids=gpu_ids,
-        )
+        self._report_start(operator, started_at, node_id, node_ip, gpu_ids)
+
+    def _report_start(
+        self, operator: str, started_at: float, node_id: str, node_ip: str, gpu_ids: list[int]
+    ) -> None:
+        """Report an attempt's start to the Core exactly once, and before its end.
+
+        The task's own start message and the runner's wait for the task's result
+        run on different threads, so a short retry can finish before its start
+        message arrives; :meth:`_finish` reports the start itself in that case.
+        The lock is held across the Core call so the start always lands first.
+        """
+        with self._start_reports:
+            if (operator, started_at) in self._reported_starts:
+                return
+            self._reported_starts.add((operator, started_at))
+            self._report(
+                "operator_started",
+                self.config.job_id,
+                operator,
+                started_at=started_at,
+                node_id=node_id,
+                node_ip=node_ip,
+                gpu_ids=gpu_ids,
+            )
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -230,6 +248,9 @@ class JobRunner:
             )
             self._report_operator_stop(op.name, JobStatus.FAULTED, message)
             raise _Stop(JobStatus.FAULTED, message) from exc
+        self._report_start(
+            op.name, meta["started_at"], meta["node_id"], meta["node_ip"], meta["gpu_ids"]
+        )
         duration = meta["ended_at"] - meta["started_at"]
         self._metrics.operator_finished(cfg.pipeline, op.name, str(JobStatus.HEALTHY), duration)
         self._report(

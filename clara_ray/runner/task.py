@@ -36,7 +36,7 @@ def operator_task(call: OperatorCall, runner: Any, *values: Any) -> Any:
         attempt=str(os.getpid()),
     )
     meta = {
-        "started_at": outcome.started_at,
+        "started_at": started,  # the value reported to the runner above
         "ended_at": outcome.ended_at,
         "node_id": node_id,
         "node_ip": node_ip,
