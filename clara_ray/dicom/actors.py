@@ -3,7 +3,8 @@
 ``clara-dicom`` (detached, restartable) holds the spool, closes groups into
 payloads and jobs, and sends exports; it starts ``receivers`` DicomReceiver
 actors, separate processes that each run a Storage SCP on the same port
-(SO_REUSEPORT), because one Python process tops out near 300 instances/s.
+(SO_REUSEPORT, new connections evened out among them by a ConnectionBalancer),
+because one Python process tops out near 300 instances/s.
 Receivers share the adapter's fate: when it restarts, it starts new ones, and
 the spool on disk carries everything that was acknowledged.
 """
@@ -20,6 +21,7 @@ import ray
 
 from clara_ray.core.actor import CORE_ACTOR_NAME, on_head_node
 from clara_ray.core.handle import CoreHandle
+from clara_ray.dicom.balance import ConnectionBalancer, balancing_supported
 from clara_ray.dicom.config import DicomConfig
 from clara_ray.dicom.exporter import run_export
 from clara_ray.dicom.ingest import GroupCloser
@@ -51,11 +53,18 @@ def _ssl_contexts(settings: Settings) -> tuple[Any, Any]:
 class DicomReceiver:
     """One receiving process: a Storage SCP writing into the shared spool."""
 
-    def __init__(self, settings: Settings, config: DicomConfig) -> None:
+    def __init__(self, settings: Settings, config: DicomConfig, index: int) -> None:
         logging.basicConfig(level=settings.log_level)
         server_ssl, _ = _ssl_contexts(settings)
+        spool = Spool(settings.spool_dir)
+        count = settings.dicom.receivers
+        balancer = (
+            ConnectionBalancer(spool.root / "receivers.load", index, count)
+            if count > 1 and balancing_supported()
+            else None
+        )
         self.scp = StorageScp(
-            settings.dicom, config, Spool(settings.spool_dir), ssl_context=server_ssl
+            settings.dicom, config, spool, ssl_context=server_ssl, balancer=balancer
         )
         self.port = self.scp.start()
 
@@ -78,8 +87,8 @@ class DicomAdapter:
         self.config: DicomConfig = self.core.call("dicom_config")
         _, self.client_ssl = _ssl_contexts(settings)
         self.receivers = [
-            DicomReceiver.options(**on_head_node()).remote(settings, self.config)  # type: ignore[attr-defined]
-            for _ in range(settings.dicom.receivers)
+            DicomReceiver.options(**on_head_node()).remote(settings, self.config, index)  # type: ignore[attr-defined]
+            for index in range(settings.dicom.receivers)
         ]
         ray.get([r.info.remote() for r in self.receivers])
         self.closer = GroupCloser(self.spool, self.storage, self.core)

@@ -4,7 +4,9 @@
 built from subclasses handed to ``AE.make_server`` (no module patching):
 
 * ``_Server`` binds with SO_REUSEPORT (several receiving processes share one
-  port), sets TCP_NODELAY on accepted sockets, does the TLS handshake in the
+  port; with a :class:`~clara_ray.dicom.balance.ConnectionBalancer`, a busier
+  receiver hands a new connection to an idler one), sets TCP_NODELAY on accepted
+  sockets, does the TLS handshake in the
   connection's own thread under the ACSE timeout (an idle TLS peer cannot stall
   the accept loop), and, when more connections than the limit wait without an
   association, closes the oldest of them (idle sockets cannot lock peers out);
@@ -76,6 +78,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from clara_ray.dicom.balance import ConnectionBalancer
 from clara_ray.dicom.config import AeTitleConfig, DicomConfig, DicomSettings
 from clara_ray.dicom.peek import MalformedDatasetError, peek
 from clara_ray.dicom.policy import Rejection, StoreStatus, decide
@@ -344,7 +347,8 @@ class _RequestHandler(RequestHandler):
 
 
 class _Server(ThreadedAssociationServer):
-    """SO_REUSEPORT, TCP_NODELAY, TLS handshakes off the accept loop, idle-connection bound."""
+    """SO_REUSEPORT, balanced among receivers, TCP_NODELAY, TLS handshakes off the accept
+    loop, idle-connection bound."""
 
     daemon_threads = True
     block_on_close = False
@@ -363,16 +367,23 @@ class _Server(ThreadedAssociationServer):
         sock, address = cast(socket.socket, self.socket).accept()
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(self.scp.settings.network_timeout)
-            tls = self.scp.ssl_context
-            if tls is not None:
-                sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         except OSError:
             sock.close()
             raise
         return sock, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        if self.scp._hand_off(request, client_address):
+            return
+        self.serve_connection(request, client_address)
+
+    def serve_connection(self, sock: socket.socket, client_address: Any) -> None:
+        """Serve an accepted TCP socket (ours, or one a sibling receiver handed over)."""
+        sock.settimeout(self.scp.settings.network_timeout)
+        request: socket.socket = sock
+        tls = self.scp.ssl_context
+        if tls is not None:
+            request = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         self.scp._connected(request)
         super().process_request(request, client_address)
 
@@ -408,8 +419,10 @@ class StorageScp:
         *,
         ssl_context: ssl.SSLContext | None = None,
         on_stored: Callable[[str, str], None] | None = None,
+        balancer: ConnectionBalancer | None = None,
     ) -> None:
         self.settings = settings
+        self.balancer = balancer
         self.spool = spool
         self.ssl_context = ssl_context
         if ssl_context is None and settings.tls.enabled:
@@ -421,10 +434,12 @@ class StorageScp:
         self._established = 0
         self._pending: OrderedDict[Any, None] = OrderedDict()  # connected, no A-ASSOCIATE-RQ yet
         self._live: dict[Any, _Association] = {}
+        self._open: set[Any] = set()  # accepted sockets not yet closed, as the balancer sees them
         self._stats = dict.fromkeys(
             (
                 "connections", "associations", "rejected", "instances", "duplicates",
                 "failures", "bytes", "echoes", "pdu_refused", "tls_failures", "evicted",
+                "handed_off", "taken_over",
             ),
             0,
         )  # fmt: skip
@@ -484,6 +499,8 @@ class StorageScp:
             daemon=True,
         )
         self._thread.start()
+        if self.balancer is not None:
+            self.balancer.start(self._take_over)
         port = int(server.server_address[1])
         log.info(
             "DICOM listener %s on %s:%d (%s, max PDU %d, %d associations)",
@@ -497,6 +514,8 @@ class StorageScp:
         if server is None:
             return
         server.shutdown()
+        if self.balancer is not None:
+            self.balancer.stop()
         with self._lock:
             live = list(self._live.items())
             waiting = list(self._pending)
@@ -516,7 +535,7 @@ class StorageScp:
         with self._lock:
             out = dict(self._stats)
             out["active"] = self._established
-            out["open_connections"] = len(self._live)
+            out["open_connections"] = len(self._open)
         return out
 
     @property
@@ -524,11 +543,42 @@ class StorageScp:
         return None if self._server is None else int(self._server.server_address[1])
 
     # -- connections and associations (called from pynetdicom threads) ---------------------
+    def _hand_off(self, sock: socket.socket, address: Any) -> bool:
+        """True when a less busy sibling receiver took ``sock`` (our copy is then closed)."""
+        if self.balancer is None:
+            return False
+        with self._lock:
+            own = len(self._open)
+        if not self.balancer.hand_off(sock, address, own):
+            return False
+        sock.close()
+        with self._lock:
+            self._stats["handed_off"] += 1
+        return True
+
+    def _take_over(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        server = self._server
+        if server is None:
+            raise RuntimeError("the listener is stopped")
+        server.serve_connection(sock, address)
+        with self._lock:
+            self._stats["taken_over"] += 1
+
+    def _opened(self, sock: Any, is_open: bool) -> None:
+        """Track ``sock`` as open or closed (call with the lock held) and publish the count."""
+        if is_open:
+            self._open.add(sock)
+        else:
+            self._open.discard(sock)
+        if self.balancer is not None:
+            self.balancer.publish(len(self._open))
+
     def _connected(self, sock: Any) -> None:
         evict: list[Any] = []
         limit = max(16, self.settings.max_associations)
         with self._lock:
             self._stats["connections"] += 1
+            self._opened(sock, True)
             self._pending[sock] = None
             while len(self._pending) > limit:
                 old, _ = self._pending.popitem(last=False)
@@ -555,6 +605,7 @@ class StorageScp:
         with self._lock:
             self._pending.pop(sock, None)
             self._live.pop(sock, None)
+            self._opened(sock, False)
 
     def _tls_failed(self, sock: Any, address: Any, exc: Exception) -> None:
         self._forget(sock)
@@ -601,6 +652,7 @@ class StorageScp:
                 if live is assoc:
                     del self._live[sock]
                     self._pending.pop(sock, None)
+                    self._opened(sock, False)
             if r.admitted:
                 self._established -= 1
         if assoc.rejection is not None:
