@@ -21,6 +21,7 @@ Only processes of the same user may hand sockets over.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ _SLOT = struct.Struct("<q")
 _MAX_RECEIVERS = 64
 _HANDOFF_TIMEOUT = 0.5
 _ANSWER_TIMEOUT = 5.0
+_BIND_PATIENCE = 5.0
 _TAKEN, _REFUSED = b"\x01", b"\x00"
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -127,7 +130,19 @@ class ConnectionBalancer:
         if not balancing_supported():
             return
         inbox = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        inbox.bind(self._address(self.index))
+        deadline = time.monotonic() + _BIND_PATIENCE
+        while True:
+            try:
+                inbox.bind(self._address(self.index))
+                break
+            except OSError as exc:  # a predecessor that is still exiting holds the name
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    inbox.close()
+                    log.warning(
+                        "receiver %d takes no connections from its siblings: %s", self.index, exc
+                    )
+                    return
+                time.sleep(0.1)
         inbox.listen(64)
         self._inbox = inbox
         self._thread = threading.Thread(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from clara_ray.dicom import balance
 from clara_ray.dicom.balance import ConnectionBalancer
 from clara_ray.dicom.tls import client_ssl_context
 from tests.peer.dicom_helpers import (
@@ -125,3 +126,16 @@ def test_an_unreachable_sibling_leaves_connections_where_they_are(tmp_path: Path
 def test_receiver_index_out_of_range_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="receiver index 2 out of range for 2 receivers"):
         ConnectionBalancer(tmp_path / "receivers.load", 2, 2)
+
+
+def test_a_receiver_whose_inbox_name_is_held_still_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(balance, "_BIND_PATIENCE", 0.3)
+    with _receivers(tmp_path, 2, 1):  # the receiver 0 holds its inbox name
+        late = ConnectionBalancer(tmp_path / "receivers.load", 0, 2)
+        with running_scp(tmp_path, scp_settings(), balancer=late) as running:
+            (assoc,) = _hold(running.port, 1)
+            assert int(assoc.send_c_echo().Status) == 0x0000
+            assoc.release()
+    assert "receiver 0 takes no connections from its siblings" in caplog.text
