@@ -7,19 +7,20 @@ each sending half of the files), to:
 
 * dcmtk ``storescp --fork -pdu 131072 +B`` (a fresh output folder per run);
 * Orthanc 1.10 (a fresh server and storage folder per run, ``TCP_NODELAY=1``);
-* the clara-ray DICOM adapter, durability on (each instance fsynced before its
-  Success status), its default 2 receiving processes sharing the port, on a
-  local Ray.  Each run sends to an AE title of its own whose group timeout
-  (3600 s) keeps any job from starting while the benchmark runs.
+* the clara-ray DICOM adapter, its default 2 receiving processes sharing the
+  port, on a local Ray, twice: with durability ``instance`` (the default: each
+  instance fsynced before its Success status) and ``association`` (the
+  association's instances synced before its release is answered).  Each run
+  sends to an AE title of its own whose group timeout (3600 s) keeps any job
+  from starting while the benchmark runs.
 
 A run's time is the wall time from starting the sender(s) to their exit.  Every
 run is verified: all instances must be in storescp's folder, in Orthanc (REST
 API) or in the adapter's spool (by SOP Instance UID), or the benchmark raises.
-Runs are interleaved (storescp, Orthanc, adapter per round, Ray up throughout)
+Runs are interleaved (storescp, Orthanc, the adapters per round, Ray up throughout)
 so that drift in the machine's load or disk latency hits all receivers alike;
 figures are medians of ``repeats`` rounds; MB is 10^6 bytes.  The result also
-gives how the adapter's receivers shared each run (SO_REUSEPORT hashes each
-connection to one process, so two associations may land on the same one) and
+gives how the default adapter's receivers shared each run and
 the disk's cost of one durable write (write + fsync of file and folder).
 Progress goes to stderr.
 """
@@ -180,9 +181,10 @@ def _orthanc_run(files: Sequence[Path], associations: int, work: Path) -> float:
 
 
 class _Adapter:
-    """The platform on a local Ray with the DICOM adapter (durable, 2 receivers)."""
+    """The platform with the DICOM adapter (2 receivers) in ``durability`` mode, on the
+    local Ray (started by the first one)."""
 
-    def __init__(self, work: Path, ae_titles: Sequence[str]) -> None:
+    def __init__(self, work: Path, ae_titles: Sequence[str], durability: str) -> None:
         import ray
 
         from clara_ray.client import PlatformClient
@@ -192,7 +194,8 @@ class _Adapter:
 
         self.settings = load_settings(
             env={
-                "CLARA_RAY_DATA_DIR": str(work / "data"),
+                "CLARA_RAY_DATA_DIR": str(work / f"data-{durability}"),
+                "CLARA_RAY_DICOM__DURABILITY": durability,
                 "CLARA_RAY_RAY__NAMESPACE": f"bench{uuid.uuid4().hex[:12]}",
                 "CLARA_RAY_SERVE__ENABLED": "false",
                 "CLARA_RAY_DICOM__PORT": str(_free_port()),
@@ -200,13 +203,14 @@ class _Adapter:
                 "CLARA_RAY_DICOM__REJECT_UNKNOWN_SOURCES": "false",
             }
         )
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
-        )
+        if not ray.is_initialized():
+            ray.init(
+                address="local",
+                num_cpus=2,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+            )
         self.client = PlatformClient(self.settings, get_or_create_core(self.settings))
         self.handle = get_or_create_adapter(self.settings)
         status = ray.get(self.handle.status.remote(), timeout=120)
@@ -325,32 +329,33 @@ def run(repeats: int = 3) -> dict[str, Any]:
         fsync_ms = _fsync_ms(probe, size // len(files))
         shutil.rmtree(probe)
 
-        receivers = ("storescp", "orthanc", "adapter")
+        adapters = {"adapter": "instance", "adapter_association": "association"}
+        receivers = ("storescp", "orthanc", *adapters)
         seconds = {name: {_key(n): [] for n in ASSOCIATIONS} for name in receivers}
-        _progress("starting Ray, the Core and the DICOM adapter")
+        _progress("starting Ray, the Core and the DICOM adapters")
+        ae_titles = ["BENCHWARM", *(f"BENCH{n}R{r}" for n in ASSOCIATIONS for r in range(repeats))]
         try:
-            adapter = _Adapter(
-                work,
-                ["BENCHWARM", *(f"BENCH{n}R{r}" for n in ASSOCIATIONS for r in range(repeats))],
-            )
+            running = {name: _Adapter(work, ae_titles, mode) for name, mode in adapters.items()}
             warm = files[:20]
-            adapter.run("BENCHWARM", warm, {uid_of[f] for f in warm}, 2)  # start-up costs
-            adapter.splits.clear()
+            for adapter in running.values():
+                adapter.run("BENCHWARM", warm, {uid_of[f] for f in warm}, 2)  # start-up costs
+                adapter.splits.clear()
             splits: dict[str, list[list[int]]] = {_key(n): [] for n in ASSOCIATIONS}
             for r in range(repeats):
                 for n in ASSOCIATIONS:
                     row = seconds["storescp"][_key(n)]
                     row.append(_storescp_run(files, n, work))
                     seconds["orthanc"][_key(n)].append(_orthanc_run(files, n, work))
-                    adapter_s = adapter.run(f"BENCH{n}R{r}", files, sop_uids, n)
-                    seconds["adapter"][_key(n)].append(adapter_s)
-                    splits[_key(n)].append(adapter.splits[-1])
+                    for name, adapter in running.items():
+                        adapter_s = adapter.run(f"BENCH{n}R{r}", files, sop_uids, n)
+                        seconds[name][_key(n)].append(adapter_s)
+                    splits[_key(n)].append(running["adapter"].splits[-1])
                     _progress(
                         f"round {r + 1}/{repeats}, {n} association(s): "
                         + ", ".join(f"{x} {seconds[x][_key(n)][-1]:.3f} s" for x in receivers)
-                        + f" (instances per receiver {adapter.splits[-1]})"
+                        + f" (adapter's instances per receiver {splits[_key(n)][-1]})"
                     )
-            receiver_count = adapter.receivers
+            receiver_count = running["adapter"].receivers
         finally:
             ray.shutdown()
 
@@ -362,18 +367,25 @@ def run(repeats: int = 3) -> dict[str, Any]:
             ),
             "instances": len(files),
             "megabytes": round(size / 1e6, 1),
-            "adapter_durability": "each instance fsynced (file and folder) before Success",
+            "adapter_durability": {
+                "adapter": "instance: each instance fsynced (file and folder) before Success",
+                "adapter_association": (
+                    "association: the association's instances synced (syncfs) before its "
+                    "release is answered"
+                ),
+            },
             "adapter_receivers": receiver_count,
             "adapter_instances_per_receiver_per_run": splits,
             "disk_write_fsync_ms_per_instance": fsync_ms,
         }
         for name, by_n in seconds.items():
             result[name] = {k: _figures(v, len(files), size) for k, v in by_n.items()}
-        for other in ("orthanc", "storescp"):
-            result[f"ratio_adapter_over_{other}"] = {
-                k: round(statistics.median(seconds[other][k]) / statistics.median(v), 3)
-                for k, v in seconds["adapter"].items()
-            }
+        for name in adapters:
+            for other in ("orthanc", "storescp"):
+                result[f"ratio_{name}_over_{other}"] = {
+                    k: round(statistics.median(seconds[other][k]) / statistics.median(v), 3)
+                    for k, v in seconds[name].items()
+                }
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -159,6 +159,13 @@ class DicomSettings(_Model):
     port: int = Field(11112, ge=1, le=65535, description="Listening port.")
     ae_title: str = Field("CLARA", description="The adapter's own AE title (calling AE on export).")
     receivers: int = Field(2, ge=1, le=64, description="Receiving processes sharing the port.")
+    durability: Literal["instance", "association"] = Field(
+        "instance",
+        description=(
+            "When a received instance is fsynced: before its Success status (instance), or "
+            "with the association's other instances before the release is answered (association)."
+        ),
+    )
     max_associations: int = Field(
         32, ge=25, le=1000, description="Concurrent associations per receiver."
     )

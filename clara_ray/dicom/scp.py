@@ -17,7 +17,8 @@ built from subclasses handed to ``AE.make_server`` (no module patching):
   with its A-ASSOCIATE-RJ, or accepts as the called Clara AE title);
 * the C-STORE handler never decodes the data set: it peeks at the encoded
   bytes, checks the AE title's SOP class filters, and returns Success only
-  after :meth:`Spool.store` made the file durable.
+  after :meth:`Spool.store` wrote the file, fsynced (durability ``instance``)
+  or to be synced before the release is answered (``association``).
 
 Each association ends with exactly one INFO line (AE titles, peer, counts,
 bytes, duration, outcome); no patient data is ever logged.
@@ -183,6 +184,8 @@ class _AssociationRecord:
     failures: int = 0
     echoes: int = 0
     bytes: int = 0
+    unsynced: int = 0  # instances written but not yet fsynced (durability "association")
+    sync_error: str = ""
 
 
 class _GuardedSocket(AssociationSocket):
@@ -248,6 +251,19 @@ class _PolicyAcse(ACSE):
             return
         self.acceptor.ae_title = str(rq.called_ae_title).strip()
         super()._negotiate_as_acceptor()
+
+    def send_release(self, is_response: bool = False) -> None:
+        """Answer a release only once the association's instances are on disk.
+
+        With durability "association", Success statuses went out before the fsync; if
+        the spool cannot be synced now, the association is aborted instead of released,
+        so the sender knows its instances are not safely stored and sends them again.
+        """
+        assoc = self.assoc
+        if is_response and isinstance(assoc, _Association) and not assoc.scp._sync(assoc):
+            self.send_abort(0x02)  # A-ABORT from the service provider
+            return
+        super().send_release(is_response)
 
 
 class _PromptDimse(DIMSEServiceProvider):
@@ -655,8 +671,12 @@ class StorageScp:
                     self._opened(sock, False)
             if r.admitted:
                 self._established -= 1
+        if r.unsynced:  # aborted or dropped: its Success statuses still deserve the disk
+            self._sync(assoc)
         if assoc.rejection is not None:
             outcome = f"rejected {assoc.rejection.codes}: {assoc.rejection.message}"
+        elif r.sync_error:
+            outcome = f"aborted: spool sync failed ({r.sync_error})"
         elif assoc.refused_pdu:
             outcome = f"aborted: {assoc.refused_pdu}"
         elif assoc.is_released:
@@ -671,6 +691,23 @@ class StorageScp:
             r.calling, r.called, r.peer, r.port, outcome, r.instances, r.duplicates, r.failures,
             r.echoes, r.bytes, time.monotonic() - r.started,
         )  # fmt: skip
+
+    def _sync(self, assoc: _Association) -> bool:
+        """fsync what the association wrote without fsync; False (logged) if that fails."""
+        record = assoc.record
+        if not record.unsynced:
+            return True
+        try:
+            self.spool.sync()
+        except OSError as exc:
+            record.sync_error = exc.strerror or str(exc)
+            log.error(
+                "spool sync failed after %d instances from %s: %s",
+                record.unsynced, record.calling, record.sync_error,
+            )  # fmt: skip
+            return False
+        record.unsynced = 0
+        return True
 
     # -- DIMSE handlers ----------------------------------------------------------------------
     def _handle_echo(self, event: evt.Event) -> int:
@@ -760,9 +797,12 @@ class StorageScp:
             sop_class, sop_instance, transfer_syntax, record.calling if record else ""
         )
         try:
+            durable = self.settings.durability == "instance"
             stored = self.spool.store(
-                ae.ae_title, ae.grouping, group_uid, sop_instance, blob + data
+                ae.ae_title, ae.grouping, group_uid, sop_instance, blob + data, durable=durable
             )
+            if stored and not durable and record is not None:
+                record.unsynced += 1
         except OSError as exc:
             if exc.errno in _DISK_FULL:
                 log.error("spool full: C-STORE to %s refused (%s)", ae.ae_title, exc.strerror)

@@ -9,9 +9,14 @@ Layout under ``root``::
 written as ``%XX``, so no AE title can name a path; group and instance UIDs must
 match ``^[0-9.]{1,64}$``.  Nothing else from a data set reaches a file name.
 
-The durability guarantee of :meth:`Spool.store`: when it returns, the file's
-bytes and its directory entry (and the entries of any folder it created) have
-been fsynced; a crash afterwards loses nothing.  A file is written under a
+The durability guarantee of :meth:`Spool.store` (``durable=True``): when it
+returns, the file's bytes and its directory entry (and the entries of any folder
+it created) have been fsynced; a crash afterwards loses nothing.  With
+``durable=False`` the file is complete in the page cache (a killed process loses
+nothing) and reaches the disk at the next :meth:`Spool.sync` (one ``syncfs`` for
+a whole association, instead of two fsyncs per instance).  A stored copy whose
+size differs from a new copy of the same instance (one cut short by a power
+failure before it was synced) is replaced rather than kept as a duplicate.  A file is written under a
 unique temporary name (``.<sop>.dcm.<random>.tmp``), fsynced, then hard-linked
 to ``<sop>.dcm``: a link never replaces an existing file, so of several
 writers of one SOP instance (threads or processes) exactly one creates it and
@@ -30,12 +35,14 @@ one group.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import logging
 import os
 import re
 import shutil
+import struct
 import time
 import uuid
 from dataclasses import dataclass
@@ -55,6 +62,8 @@ _FILE_NAME = re.compile(r"^[0-9.]{1,64}\.dcm$")
 _TEMP_SUFFIX = ".tmp"
 _AET_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _STORE_ATTEMPTS = 20
+_META_START = 132  # preamble and "DICM": the file meta group length element follows
+_LIBC = ctypes.CDLL(None, use_errno=True)
 # Link-less filesystems: fall back to rename (concurrent duplicates then overwrite each other
 # with the same instance, still one file).
 _NO_LINK = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS})
@@ -124,16 +133,46 @@ def _aet_from_folder(name: str) -> str | None:
         return None
 
 
-def _exists(dfd: int, name: str) -> bool:
+def _dataset_size(head: bytes, total: int) -> int:
+    """Bytes after the file meta group of a Part 10 file of ``total`` bytes; -1 if ``head``
+    (its first bytes) is no such file (or one cut short)."""
+    if len(head) < _META_START + 12 or head[128:132] != b"DICM":
+        return -1
+    if head[_META_START : _META_START + 6] != b"\x02\x00\x00\x00UL":
+        return -1
+    (meta,) = struct.unpack_from("<I", head, _META_START + 8)
+    return total - _META_START - 12 - meta
+
+
+def _stored_dataset_size(dfd: int, name: str) -> int | None:
+    """:func:`_dataset_size` of the stored file ``name``; None when there is none."""
     try:
-        os.stat(name, dir_fd=dfd)
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
     except FileNotFoundError:
-        return False
-    return True
+        return None
+    try:
+        return _dataset_size(os.pread(fd, _META_START + 12, 0), os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
-def _write_temp(dfd: int, name: str, data: bytes) -> str:
-    """Write ``data`` to a new uniquely named temp file in the folder and fsync it."""
+def _syncfs(path: Path) -> None:
+    """Flush the file system holding ``path`` (``syncfs``; ``sync`` where libc lacks it)."""
+    syncfs = getattr(_LIBC, "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"syncfs of {path} failed: {os.strerror(code)}")
+    finally:
+        os.close(fd)
+
+
+def _write_temp(dfd: int, name: str, data: bytes, durable: bool) -> str:
+    """Write ``data`` to a new uniquely named temp file in the folder (and fsync it)."""
     temp = f".{name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dfd)
     try:
@@ -141,7 +180,8 @@ def _write_temp(dfd: int, name: str, data: bytes) -> str:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
     except BaseException:
@@ -185,13 +225,20 @@ class Spool:
 
     # -- receiving -------------------------------------------------------------------------
     def store(
-        self, called_ae: str, grouping: str, group_uid: str, sop_instance_uid: str, data: bytes
+        self,
+        called_ae: str,
+        grouping: str,
+        group_uid: str,
+        sop_instance_uid: str,
+        data: bytes,
+        *,
+        durable: bool = True,
     ) -> bool:
-        """Write ``data`` (a complete DICOM file) durably into the open group.
+        """Write ``data`` (a complete DICOM file) into the open group; fsynced if ``durable``.
 
         Returns False, writing nothing, when the SOP instance is already in the open
-        group.  Raises ValueError for an invalid AE title, grouping or UID, OSError when
-        the disk fails (ENOSPC: out of space).
+        group with a data set of the same size.  Raises ValueError for an invalid AE
+        title, grouping or UID, OSError when the disk fails (ENOSPC: out of space).
         """
         aet = aet_folder(called_ae)
         folder = f"{_check_grouping(grouping)}-{_check_uid('group_uid', group_uid)}"
@@ -201,7 +248,7 @@ class Spool:
         for _ in range(_STORE_ATTEMPTS):
             dfd = self._open_group(parent, path)
             try:
-                stored = self._store_in(dfd, path, name, data)
+                stored = self._store_in(dfd, path, name, data, durable)
             finally:
                 os.close(dfd)
             if stored is not None:
@@ -214,6 +261,10 @@ class Spool:
             f"group folder {aet}/{folder} was closed {_STORE_ATTEMPTS} times while storing {name}",
         )
 
+    def sync(self) -> None:
+        """Make every file stored with ``durable=False`` so far durable (one ``syncfs``)."""
+        _syncfs(self.root)
+
     def _open_group(self, parent: Path, path: Path) -> int:
         while True:
             try:
@@ -222,27 +273,35 @@ class Spool:
                 _make_dir(parent)
                 _make_dir(path)
 
-    def _store_in(self, dfd: int, path: Path, name: str, data: bytes) -> bool | None:
+    def _store_in(self, dfd: int, path: Path, name: str, data: bytes, durable: bool) -> bool | None:
         """Store into the folder open as ``dfd``; None when it is no longer the open group.
 
-        The temp file is written and fsynced first; then, under a shared lock on the folder
-        (close_group takes it exclusively to rename), the folder is checked to still be the
-        open group before the file gets its name: a file is never named in a folder that a
-        closer has already renamed, so each instance lands in exactly one group.
+        The temp file is written (and fsynced) first; then, under a shared lock on the
+        folder (close_group takes it exclusively to rename), the folder is checked to still
+        be the open group before the file gets its name: a file is never named in a folder
+        that a closer has already renamed, so each instance lands in exactly one group.
         """
         temp: str | None = None
         try:
-            if not _exists(dfd, name):
-                temp = _write_temp(dfd, name, data)
+            stored_size = _stored_dataset_size(dfd, name)
+            if stored_size != _dataset_size(data[: _META_START + 12], len(data)):
+                temp = _write_temp(dfd, name, data, durable)
             fcntl.flock(dfd, fcntl.LOCK_SH)
             try:
                 if not self._still_open(dfd, path):
                     return None
-                stored = temp is not None and self._publish(dfd, temp, name)
+                if temp is None:
+                    stored = False
+                elif stored_size is None:
+                    stored = self._publish(dfd, temp, name)
+                else:  # a different (or cut short) copy: the new one replaces it
+                    os.rename(temp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                    temp, stored = None, True
                 if temp is not None:
                     os.unlink(temp, dir_fd=dfd)
                     temp = None
-                os.fsync(dfd)
+                if durable:
+                    os.fsync(dfd)
                 return stored
             finally:
                 fcntl.flock(dfd, fcntl.LOCK_UN)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import resource
 import socket
 import ssl
@@ -24,6 +25,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 
+from clara_ray.dicom import spool as spool_module
 from clara_ray.dicom.config import AeTitleConfig
 from clara_ray.dicom.spool import Spool
 from clara_ray.dicom.tls import client_ssl_context, server_ssl_context
@@ -32,6 +34,7 @@ from clara_ray.sample import write_sample_study
 from tests.peer.dicom_helpers import (
     CT_IMAGE_STORAGE,
     NODELAY_HANDLERS,
+    RunningScp,
     clara_config,
     connect,
     dataset_part,
@@ -234,13 +237,13 @@ def test_handler_errors_become_failure_statuses(
     calls = {"n": 0}
     real_store = Spool.store
 
-    def flaky(self: Spool, *args: object) -> bool:
+    def flaky(self: Spool, *args: object, **kwargs: object) -> bool:
         calls["n"] += 1
         if calls["n"] == 1:
             raise OSError(errno.ENOSPC, "No space left on device")
         if calls["n"] == 2:
             raise RuntimeError("bug")
-        return real_store(self, *args)  # type: ignore[arg-type]
+        return real_store(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Spool, "store", flaky)
     with running_scp(tmp_path) as running:
@@ -483,3 +486,54 @@ def test_acknowledged_instances_survive_a_kill(tmp_path: Path) -> None:
     (group,) = recovered.open_groups()
     stored = recovered.files(group.path)
     assert sorted(dataset_part(p) for p in stored) == sorted(dataset_part(p) for p in sent)
+
+
+def _instances_and_active(running: RunningScp) -> tuple[int, int]:
+    stats = running.scp.stats()
+    return stats["instances"], stats["active"]
+
+
+def test_association_durability_syncs_once_before_the_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_study(tmp_path / "study", slices=10)
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    with running_scp(tmp_path, scp_settings(durability="association")) as running:
+        syncs: list[tuple[int, int]] = []
+        real_sync = running.spool.sync
+        monkeypatch.setattr(
+            running.spool,
+            "sync",
+            lambda: (syncs.append(_instances_and_active(running)), real_sync()),
+        )
+        monkeypatch.setattr(
+            spool_module.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))
+        )
+        done = dcmtk("storescu", "-aec", "CLARA", "+sd", "127.0.0.1", str(running.port),
+                     tmp_path / "study")  # fmt: skip
+        assert done.returncode == 0, done.stdout
+        assert len(running.stored_files()) == 10
+    assert syncs == [(10, 1)]  # one sync, after the tenth instance, in the open association
+    assert len(fsyncs) <= 4  # only the new AE title and group folders, never per instance
+
+
+def test_a_failed_sync_aborts_the_association_instead_of_releasing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOG)
+    (path,) = write_study(tmp_path / "study", slices=1)
+    with running_scp(tmp_path, scp_settings(durability="association")) as running:
+
+        def broken_sync() -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(running.spool, "sync", broken_sync)
+        assoc = scu_ae().associate("127.0.0.1", running.port, ae_title="CLARA")
+        assert assoc.is_established
+        assert int(assoc.send_c_store(pydicom.dcmread(path)).Status) == 0x0000
+        assoc.release()
+        assert assoc.is_aborted and not assoc.is_released
+        wait_until(lambda: len(_association_lines(caplog)) == 1, 5, "the association log line")
+    (line,) = _association_lines(caplog)
+    assert "aborted: spool sync failed (Input/output error)" in line

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from clara_ray.dicom import spool as spool_module
+from clara_ray.dicom.scp import file_preamble_and_meta
 from clara_ray.dicom.spool import ClosingGroup, Spool, aet_folder
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -46,6 +47,51 @@ def test_duplicate_is_stored_once_and_not_overwritten(spool: Spool) -> None:
     (group,) = spool.open_groups()
     assert group.files == 1
     assert spool.files(group.path)[0].read_bytes() == _blob(1)
+
+
+def _part10(sop: str, source_ae: str, dataset: bytes) -> bytes:
+    return file_preamble_and_meta("1.2.840.10008.5.1.4.1.1.2", sop, "1.2.840.10008.1.2.1",
+                                  source_ae) + dataset  # fmt: skip
+
+
+def test_the_same_data_set_from_another_sender_is_a_duplicate(spool: Spool) -> None:
+    first = _part10("1.2.3.1", "CT", b"\x08\x00" * 500)
+    assert spool.store("CLARA", "study", STUDY, "1.2.3.1", first) is True
+    again = _part10("1.2.3.1", "A_LONGER_SENDER", b"\x08\x00" * 500)
+    assert len(again) != len(first)
+    assert spool.store("CLARA", "study", STUDY, "1.2.3.1", again) is False
+    (group,) = spool.open_groups()
+    assert spool.files(group.path)[0].read_bytes() == first
+
+
+def test_a_stored_copy_cut_short_is_replaced(spool: Spool) -> None:
+    data = _part10("1.2.3.1", "CT", b"\x08\x00" * 500)
+    assert spool.store("CLARA", "study", STUDY, "1.2.3.1", data, durable=False) is True
+    (group,) = spool.open_groups()
+    stored = spool.files(group.path)[0]
+    os.truncate(stored, 300)  # what a power failure before the sync can leave behind
+    assert spool.store("CLARA", "study", STUDY, "1.2.3.1", data, durable=False) is True
+    assert stored.read_bytes() == data
+    os.truncate(stored, 100)  # not even its file meta header
+    assert spool.store("CLARA", "study", STUDY, "1.2.3.1", data) is True
+    assert stored.read_bytes() == data
+    assert _temp_files(spool.root) == []
+
+
+def test_a_store_that_is_not_durable_fsyncs_nothing_until_sync(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool.store("CLARA", "study", STUDY, "1.2.3.0", _blob(0))  # creates the group's folders
+    calls: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(spool_module.os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    assert spool.store("CLARA", "study", STUDY, "1.2.3.1", _blob(1), durable=False) is True
+    assert calls == []
+    assert spool.store("CLARA", "study", STUDY, "1.2.3.2", _blob(2)) is True
+    assert len(calls) == 2  # the file, then its folder
+    spool.sync()
+    (group,) = spool.open_groups()
+    assert group.files == 3
 
 
 @pytest.mark.parametrize(
@@ -157,8 +203,8 @@ def test_writer_whose_folder_is_closed_mid_store_stores_again(
     closed: list[ClosingGroup] = []
     real_write_temp = spool_module._write_temp
 
-    def write_then_close(dfd: int, name: str, data: bytes) -> str:
-        temp = real_write_temp(dfd, name, data)
+    def write_then_close(dfd: int, name: str, data: bytes, durable: bool) -> str:
+        temp = real_write_temp(dfd, name, data, durable)
         if not closed:  # the closer renames the folder while this writer holds its temp file
             closing = spool.close_group(group, time.time())
             assert closing is not None
