@@ -153,6 +153,7 @@ class DicomAdapter:
             "port": d.port,
             "ae_title": d.ae_title,
             "tls": d.tls.enabled,
+            "durability": d.durability,
             "receivers": ray.get([r.info.remote() for r in self.receivers]),
             "aetitles": [a.ae_title for a in self.config.aetitles],
         }

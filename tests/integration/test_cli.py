@@ -160,6 +160,9 @@ def test_dicom_configuration_and_echo(cli):
     status = cli.json("status")
     assert status["dicom"]["port"] == int(port) and status["dicom"]["running"] is True
     assert status["dicom"]["ae_title"] == "CLARA"
+    assert status["dicom"]["durability"] == "instance"
+    receivers = status["dicom"]["receivers"]
+    assert receivers and all(r["pid"] > 0 and r["port"] == int(port) for r in receivers)
 
     unknown = cli(
         "dicom", "create", "aetitle", "CLARA", "--pipeline", "no-such-pipeline", check=False
