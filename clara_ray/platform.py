@@ -204,7 +204,7 @@ def down(settings: Settings) -> dict[str, Any]:
         if actor["namespace"] == settings.ray.namespace and actor["name"].startswith("clara-"):
             try:
                 ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
-            except ValueError:  # it exited meanwhile (a job runner that finished)
+            except ValueError:  # it exited meanwhile
                 continue
             stopped.append(actor["name"])
     ray.shutdown()

@@ -11,7 +11,7 @@ import ray
 from clara_ray.core.model import JobRecord
 from clara_ray.core.service import CoreService
 from clara_ray.core.store import SQLiteStore
-from clara_ray.runner.job_runner import JobRunner, RunnerConfig, runner_name
+from clara_ray.runner.job_runner import RUNNER_HOST_NAME, JobRunnerHost, RunnerConfig
 from clara_ray.settings import Settings
 from clara_ray.storage import Storage
 
@@ -25,6 +25,7 @@ __all__ = [
 
 CORE_ACTOR_NAME = "clara-core"
 _RECONCILE_SECONDS = 5.0
+_HOST_CALL_SECONDS = 60.0
 _SERVICE_METHODS = (
     "create_pipeline",
     "get_pipeline",
@@ -57,10 +58,20 @@ log = logging.getLogger(__name__)
 
 
 class RayRunnerLauncher:
-    """Starts one detached :class:`JobRunner` actor per job, named after the job."""
+    """Runs jobs in the namespace's :class:`JobRunnerHost` (``clara-runners``)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+
+    def host(self) -> Any:
+        """The runner host, created (detached, on the head node) if absent."""
+        return JobRunnerHost.options(  # type: ignore[attr-defined]
+            name=RUNNER_HOST_NAME,
+            namespace=self.settings.ray.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            **on_head_node(),
+        ).remote()
 
     def launch(self, job: JobRecord) -> None:
         config = RunnerConfig(
@@ -76,29 +87,30 @@ class RayRunnerLauncher:
             report_retry_seconds=self.settings.core.report_retry_seconds,
             default_operator_timeout=self.settings.core.default_operator_timeout,
             gpu_fallback=self.settings.core.gpu_fallback,
-        )
-        runner = JobRunner.options(  # type: ignore[attr-defined]
-            name=runner_name(job.job_id),
-            namespace=self.settings.ray.namespace,
-            lifetime="detached",
-            get_if_exists=True,
             runtime_env=job.runtime_env or None,
-        ).remote(config)
-        runner.run.remote()
+        )
+        ray.get(self.host().start.remote(config), timeout=_HOST_CALL_SECONDS)
 
-    def _handle(self, job_id: str) -> Any:
+    def _existing_host(self) -> Any:
         try:
-            return ray.get_actor(runner_name(job_id), namespace=self.settings.ray.namespace)
+            return ray.get_actor(RUNNER_HOST_NAME, namespace=self.settings.ray.namespace)
         except ValueError:
             return None
 
     def is_alive(self, job_id: str) -> bool:
-        return self._handle(job_id) is not None
+        host = self._existing_host()
+        if host is None:
+            return False
+        try:
+            return bool(ray.get(host.running.remote(job_id), timeout=_HOST_CALL_SECONDS))
+        except ray.exceptions.RayError as exc:
+            log.warning("runner host unreachable while checking job %s: %s", job_id, exc)
+            return False
 
     def cancel(self, job_id: str) -> None:
-        handle = self._handle(job_id)
-        if handle is not None:
-            handle.cancel.remote()
+        host = self._existing_host()
+        if host is not None:
+            host.cancel.remote(job_id)
 
 
 class CoreActor:
@@ -110,10 +122,11 @@ class CoreActor:
         self.service = CoreService(
             SQLiteStore(settings.database),
             Storage(settings.storage),
-            RayRunnerLauncher(settings),
+            launcher := RayRunnerLauncher(settings),
             max_concurrent_jobs=settings.core.max_concurrent_jobs,
         )
         self.service.dicom_seed(settings.dicom)
+        launcher.host()  # started now, so that the first job need not wait for its process
         self.service.recover()
         self._stop = threading.Event()
         threading.Thread(

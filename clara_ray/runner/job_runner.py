@@ -1,11 +1,19 @@
-"""The runner of one job: a detached Ray actor named after the job.
+"""Job runners: :class:`JobRun` runs one job; :class:`JobRunnerHost` hosts them all.
 
-It submits every operator of the job as a Ray task at once (upstream outputs
-passed as ObjectRefs, so Ray runs independent branches in parallel and keeps
-volumes in the object store), owns those references, enforces timeouts,
-answers cancellation, and reports every transition to the Core.  Because the
-runner, not the Core, owns the job's objects, a Core restart loses nothing:
-the runner keeps retrying its reports until the Core answers again.
+A :class:`JobRun` submits every operator of its job as a Ray task at once
+(upstream outputs passed as ObjectRefs, so Ray runs independent branches in
+parallel and keeps volumes in the object store), owns those references,
+enforces timeouts, answers cancellation, and reports every transition to the
+Core.  Because the runner, not the Core, owns the job's objects, a Core restart
+loses nothing: the runner keeps retrying its reports until the Core answers.
+
+The runs live as threads in ``clara-runners``, one detached actor per
+namespace (pinned to the head node, next to the Core): a job starts in
+milliseconds instead of waiting for a fresh worker process, and running jobs
+cost no process each.  Starting a job that already runs there is a no-op, so a
+retried launch never runs a job twice.  If the host dies, its jobs' runners
+are gone; the Core notices (``running`` answers False) and faults those jobs
+with the reason, or starts them again if none of their operators had started.
 """
 
 from __future__ import annotations
@@ -26,14 +34,11 @@ from clara_ray.runner.execute import OperatorCall
 from clara_ray.runner.metrics import RunnerMetrics
 from clara_ray.runner.task import operator_task
 
-__all__ = ["JobRunner", "RunnerConfig", "runner_name"]
+__all__ = ["RUNNER_HOST_NAME", "JobRun", "JobRunnerHost", "RunnerConfig"]
 
+RUNNER_HOST_NAME = "clara-runners"
 log = logging.getLogger(__name__)
 _POLL_SECONDS = 0.2
-
-
-def runner_name(job_id: str) -> str:
-    return f"clara-job-{job_id}"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class RunnerConfig:
     report_retry_seconds: float = 120.0
     default_operator_timeout: float | None = None
     gpu_fallback: bool = True
+    runtime_env: dict[str, Any] | None = None  # the job's (``ray job submit``), for its tasks
 
 
 class _Stop(Exception):
@@ -59,21 +65,21 @@ class _Stop(Exception):
         self.reason = reason
 
 
-@ray.remote(num_cpus=0, max_restarts=0, max_concurrency=8)  # type: ignore[call-overload]
-class JobRunner:
-    def __init__(self, config: RunnerConfig) -> None:
-        logging.basicConfig(level=logging.INFO)
+class JobRun:
+    """One job's run; ``host`` is the actor handle its operator tasks report starts to."""
+
+    def __init__(self, config: RunnerConfig, host: Any, metrics: RunnerMetrics) -> None:
         self.config = config
-        self._started = threading.Event()
+        self._host = host
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._running_since: dict[str, float] = {}
         self._start_reports = threading.Lock()
         self._reported_starts: set[tuple[str, float]] = set()
         self._core = CoreHandle(config.core_name, config.namespace, config.report_retry_seconds)
-        self._metrics = RunnerMetrics()
+        self._metrics = metrics
 
-    # -- called by tasks and the Core ------------------------------------------
+    # -- called by tasks and the Core, through the host ------------------------
     def operator_started(
         self, operator: str, started_at: float, node_id: str, node_ip: str, gpu_ids: list[int]
     ) -> None:
@@ -108,15 +114,9 @@ class JobRunner:
     def cancel(self) -> None:
         self._cancel.set()
 
-    def ping(self) -> str:
-        return self.config.job_id
-
     # -- the job ---------------------------------------------------------------
     def run(self) -> str:
-        """Run the job to its end; calling it again while it runs is a no-op."""
-        if self._started.is_set():
-            return "already running"
-        self._started.set()
+        """Run the job to its end and report how it ended; returns its status."""
         cfg = self.config
         began = time.time()
         try:
@@ -130,7 +130,6 @@ class JobRunner:
         self._metrics.job_finished(cfg.pipeline, str(status), time.time() - began)
         log.info("job %s stopped: %s %s", cfg.job_id, status, reason or "")
         self._report("job_stopped", cfg.job_id, str(status), reason)
-        ray.actor.exit_actor()
         return str(status)
 
     def _run_operators(self) -> None:
@@ -140,7 +139,6 @@ class JobRunner:
         )
         plan = resolve_pipeline(spec, cfg.parameters)
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-        me = ray.get_runtime_context().current_actor
         outputs: dict[str, dict[str, Any]] = {}
         pending: dict[Any, ResolvedOperator] = {}
         for op in plan.operators:
@@ -148,7 +146,7 @@ class JobRunner:
             if gpus and not has_gpus and cfg.gpu_fallback:
                 self._warn_cpu_fallback(op.name, gpus)
                 gpus = 0
-            meta_ref, outputs[op.name] = self._submit(op, gpus, outputs, me, plan.services)
+            meta_ref, outputs[op.name] = self._submit(op, gpus, outputs, plan.services)
             pending[meta_ref] = op
         job_deadline = time.time() + spec.timeout if spec.timeout else None
         try:
@@ -163,7 +161,6 @@ class JobRunner:
         op: ResolvedOperator,
         gpus: float,
         outputs: dict[str, dict[str, Any]],
-        me: Any,
         services: tuple[ServiceSpec, ...],
     ) -> tuple[Any, dict[str, Any]]:
         cfg = self.config
@@ -193,8 +190,10 @@ class JobRunner:
         }
         if op.spec.requests.memory_bytes:
             options["memory"] = op.spec.requests.memory_bytes
+        if cfg.runtime_env:
+            options["runtime_env"] = cfg.runtime_env
         refs = operator_task.options(**options).remote(
-            call, me, *[outputs[i.from_][i.name] for i in upstream if i.from_]
+            call, self._host, *[outputs[i.from_][i.name] for i in upstream if i.from_]
         )
         if not call.output_names:
             return refs, {}
@@ -292,3 +291,67 @@ class JobRunner:
                 "job %s: Core unreachable, report %s lost: %s", self.config.job_id, method, exc
             )
             return None
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=64)  # type: ignore[call-overload]
+class JobRunnerHost:
+    """``clara-runners``: runs each job's :class:`JobRun` in a thread of its own."""
+
+    def __init__(self) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self._lock = threading.Lock()
+        self._runs: dict[str, JobRun] = {}
+        self._metrics = RunnerMetrics()
+
+    def start(self, config: RunnerConfig) -> bool:
+        """Start running the job; False (a no-op) when it already runs here."""
+        with self._lock:
+            if config.job_id in self._runs:
+                return False
+            run = JobRun(config, ray.get_runtime_context().current_actor, self._metrics)
+            self._runs[config.job_id] = run
+        threading.Thread(
+            target=self._run, args=(run,), name=f"job-{config.job_id}", daemon=True
+        ).start()
+        return True
+
+    def _run(self, run: JobRun) -> None:
+        try:
+            run.run()
+        finally:
+            with self._lock:
+                self._runs.pop(run.config.job_id, None)
+
+    def running(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._runs
+
+    def jobs(self) -> list[str]:
+        with self._lock:
+            return sorted(self._runs)
+
+    def cancel(self, job_id: str) -> None:
+        with self._lock:
+            run = self._runs.get(job_id)
+        if run is not None:
+            run.cancel()
+
+    def operator_started(
+        self,
+        job_id: str,
+        operator: str,
+        started_at: float,
+        node_id: str,
+        node_ip: str,
+        gpu_ids: list[int],
+    ) -> None:
+        """Reported by a task; passed on from a thread of its own, so that no host thread
+        waits on the Core (which may itself be waiting on :meth:`start`)."""
+        with self._lock:
+            run = self._runs.get(job_id)
+        if run is not None:
+            threading.Thread(
+                target=run.operator_started,
+                args=(operator, started_at, node_id, node_ip, gpu_ids),
+                daemon=True,
+            ).start()

@@ -19,8 +19,8 @@ def operator_task(call: OperatorCall, runner: Any, *values: Any) -> Any:
 
     ``values`` are the upstream outputs (top-level ObjectRefs, so Ray resolves
     them, zero-copy for numpy on the same node) in the order of
-    ``call.input_names``.  ``runner`` (the job's runner actor) is told when the
-    operator starts, so it can enforce timeouts and report the node and GPUs.
+    ``call.input_names``.  ``runner`` (the actor hosting the job's run) is told when
+    the operator starts, so it can enforce timeouts and report the node and GPUs.
     """
     ctx = ray.get_runtime_context()
     gpu_ids = tuple(int(g) for g in ray.get_gpu_ids())
@@ -28,7 +28,9 @@ def operator_task(call: OperatorCall, runner: Any, *values: Any) -> Any:
     node_ip = ray.util.get_node_ip_address()
     started = time.time()
     if runner is not None:
-        runner.operator_started.remote(call.operator, started, node_id, node_ip, list(gpu_ids))
+        runner.operator_started.remote(
+            call.job_id, call.operator, started, node_id, node_ip, list(gpu_ids)
+        )
     outcome = run_operator_call(
         call,
         dict(zip(call.input_names, values, strict=True)),

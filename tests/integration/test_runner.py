@@ -13,6 +13,7 @@ from textwrap import dedent
 import pytest
 import ray
 
+from clara_ray.runner.job_runner import RUNNER_HOST_NAME
 from tests.conftest import PIPELINES, ROOT, wait_for
 
 pytestmark = pytest.mark.ray
@@ -203,6 +204,26 @@ def test_core_killed_mid_job_keeps_state_and_job_completes(platform, payload_dir
     assert described["operators"][0]["status"] == "Healthy"
     assert [p.name for p in platform.call("list_pipelines")] == [p.name for p in before]
     assert [j.job_id for j in platform.call("list_jobs")] == [job.job_id]
+
+
+def test_runner_host_killed_mid_job_faults_it_with_the_reason_and_serves_on(
+    platform, payload_dir, tmp_path
+):
+    path = pipeline_file(tmp_path, one_operator("sleepy", "tests.ops:sleep", args="{seconds: 30}"))
+    job = platform.create_job(str(path), str(payload_dir), start=True)
+    wait_for(
+        lambda: operator(platform, job.job_id, "only")["state"] == "Running",
+        what="operator running",
+    )
+    host = ray.get_actor(RUNNER_HOST_NAME, namespace=platform.settings.ray.namespace)
+    assert ray.get(host.jobs.remote()) == [job.job_id]
+    ray.kill(host, no_restart=False)
+    described = platform.wait_job(job.job_id, timeout=120)
+    assert (described["state"], described["status"]) == ("Stopped", "Faulted"), described
+    assert "the job's runner was lost" in described["reason"]
+    quick = pipeline_file(tmp_path, one_operator("quick", "tests.ops:sleep", args="{seconds: 0}"))
+    again = platform.create_job(str(quick), str(payload_dir), start=True)
+    assert platform.wait_job(again.job_id, timeout=120)["status"] == "Healthy"
 
 
 def test_cancel_stops_the_running_task(platform, payload_dir, tmp_path):
