@@ -221,12 +221,19 @@ class OrthancServer:
 
     # -- REST API -------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, body: bytes | None, timeout: float) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        timeout: float,
+        content_type: str = "application/json",
+    ) -> Any:
         request = urllib.request.Request(
             self.base_url + path,
             data=body,
             method=method,
-            headers={"Content-Type": "application/json"} if body is not None else {},
+            headers={"Content-Type": content_type} if body is not None else {},
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -246,6 +253,11 @@ class OrthancServer:
     def post(self, path: str, body: Any, *, timeout: float = 30) -> Any:
         """``POST path`` with a JSON body: decoded JSON, or text for other content types."""
         return self._request("POST", path, json.dumps(body).encode(), timeout)
+
+    def upload(self, path: Path) -> str:
+        """Store a DICOM file through the REST API (``POST /instances``); its Orthanc id."""
+        answer = self._request("POST", "/instances", path.read_bytes(), 30, "application/dicom")
+        return str(answer["ID"])
 
     def instances(self) -> list[str]:
         """Orthanc ids of every instance stored (``GET /instances``)."""
