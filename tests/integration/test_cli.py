@@ -249,6 +249,53 @@ def test_ray_job_submit_runs_one_job(cli, tmp_path):
     assert '"status": "Healthy"' in proc.stdout
 
 
+SUBMITTED_OPERATOR = """
+import json
+import os
+
+
+def mark(ctx, payload):
+    ctx.results.write_json("marker.json", {"files": len(list(payload.iter_files()))})
+    return {}
+"""
+
+SUBMITTED_PIPELINE = """
+api-version: 0.4.0
+name: submitted-code
+operators:
+  - name: mark
+    run: submitted_only_ops:mark
+    input: [{name: payload}]
+"""
+
+
+def test_ray_job_submit_runs_operators_from_the_submitted_working_dir(cli, tmp_path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "submitted_only_ops.py").write_text(SUBMITTED_OPERATOR)
+    (code / "pipeline.yaml").write_text(SUBMITTED_PIPELINE)
+    payload = tmp_path / "payload"
+    payload.mkdir()
+    (payload / "a.txt").write_text("a")
+    (payload / "b.txt").write_text("b")
+    dashboard = f"http://127.0.0.1:{cli.env['CLARA_RAY_RAY__DASHBOARD_PORT']}"
+    proc = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", str(code),
+         "--", "python", "-m", "clara_ray.run", "pipeline.yaml", str(payload), "--json",
+         "--download", str(tmp_path / "out")],
+        env={**cli.env, "RAY_AUTH_MODE": "token"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert '"status": "Healthy"' in proc.stdout
+    (marker,) = (tmp_path / "out").rglob("marker.json")
+    assert json.loads(marker.read_text()) == {"files": 2}
+
+
 def test_down_leaves_no_ray_processes(cli):
     cli("down")
     port = cli.env["CLARA_RAY_RAY__GCS_PORT"]
