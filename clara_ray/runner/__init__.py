@@ -1,1 +1,1 @@
-"""Running a job: one Ray task per operator, owned by a runner actor per job."""
+"""Running a job: one Ray task per operator, owned by the job's run in the runner host actor."""
