@@ -55,8 +55,8 @@ def ray_session() -> Iterator[None]:
     ray.shutdown()
 
 
-@pytest.fixture
-def settings(tmp_path: Path):
+def make_settings(tmp_path: Path, **env: str):
+    """Settings with their own data dir and namespace, Serve off; ``env`` adds overrides."""
     from clara_ray.settings import load_settings
 
     return load_settings(
@@ -64,8 +64,14 @@ def settings(tmp_path: Path):
             "CLARA_RAY_DATA_DIR": str(tmp_path / "data"),
             "CLARA_RAY_RAY__NAMESPACE": f"t{uuid.uuid4().hex[:12]}",
             "CLARA_RAY_SERVE__ENABLED": "false",
+            **env,
         }
     )
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    return make_settings(tmp_path)
 
 
 @pytest.fixture

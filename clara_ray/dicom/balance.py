@@ -46,6 +46,7 @@ _HANDOFF_TIMEOUT = 0.5
 _ANSWER_TIMEOUT = 5.0
 _BIND_PATIENCE = 5.0
 _TAKEN, _REFUSED = b"\x01", b"\x00"
+_NOT_TCP = "the descriptor handed over is not a TCP socket"
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -107,7 +108,7 @@ class ConnectionBalancer:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as link:
             link.settimeout(_HANDOFF_TIMEOUT)
             try:
-                link.connect(self._address(target))
+                link.connect(self.inbox_address(target))
                 socket.send_fds(link, [message], [sock.fileno()])
             except OSError as exc:  # not delivered: the socket stays here
                 log.debug("receiver %d: hand-off to %d failed: %s", self.index, target, exc)
@@ -121,7 +122,8 @@ class ConnectionBalancer:
                 )
                 return True
 
-    def _address(self, index: int) -> str:
+    def inbox_address(self, index: int) -> str:
+        """The abstract Unix socket on which receiver ``index`` takes connections."""
         return f"\0clara-ray-dicom-{self._key}-{index}"
 
     # -- taking over -----------------------------------------------------------------------
@@ -133,7 +135,7 @@ class ConnectionBalancer:
         deadline = time.monotonic() + _BIND_PATIENCE
         while True:
             try:
-                inbox.bind(self._address(self.index))
+                inbox.bind(self.inbox_address(self.index))
                 break
             except OSError as exc:  # a predecessor that is still exiting holds the name
                 if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
@@ -177,25 +179,35 @@ class ConnectionBalancer:
                     link.sendall(answer)
 
     def _take(self, link: socket.socket) -> tuple[socket.socket, tuple[str, int]]:
+        """The TCP socket and peer address a sibling sent; ValueError (every descriptor
+        received closed) for anything else."""
         link.settimeout(_HANDOFF_TIMEOUT)
         pid, uid, _gid = _CREDENTIALS.unpack(
             link.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
         )
         message, fds, _flags, _addr = socket.recv_fds(link, 1024, 1)
-        if uid != os.getuid():
+        try:
+            if uid != os.getuid():
+                raise ValueError(f"sender pid {pid} runs as uid {uid}, not {os.getuid()}")
+            if len(fds) != 1:
+                raise ValueError(f"expected one socket, got {len(fds)} descriptors")
+            try:
+                host, port = json.loads(message)
+                address = (str(host), int(port))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"the peer address {message[:64]!r} is not [host, port]") from exc
+            try:
+                sock = socket.socket(fileno=fds[0])
+            except OSError as exc:  # ENOTSOCK: a file or a pipe
+                raise ValueError(_NOT_TCP) from exc
+        except BaseException:
             for fd in fds:
                 os.close(fd)
-            raise ValueError(f"sender pid {pid} runs as uid {uid}, not {os.getuid()}")
-        if len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise ValueError(f"expected one socket, got {len(fds)} descriptors")
-        sock = socket.socket(fileno=fds[0])
+            raise
         if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
             sock.close()
-            raise ValueError("the descriptor handed over is not a TCP socket")
-        host, port = json.loads(message)
-        return sock, (str(host), int(port))
+            raise ValueError(_NOT_TCP)
+        return sock, address
 
     def stop(self) -> None:
         inbox, self._inbox = self._inbox, None

@@ -184,7 +184,7 @@ class _AssociationRecord:
     failures: int = 0
     echoes: int = 0
     bytes: int = 0
-    unsynced: int = 0  # instances written but not yet fsynced (durability "association")
+    unsynced: int = 0  # instances acknowledged but not yet synced (durability "association")
     sync_error: str = ""
 
 
@@ -801,7 +801,7 @@ class StorageScp:
             stored = self.spool.store(
                 ae.ae_title, ae.grouping, group_uid, sop_instance, blob + data, durable=durable
             )
-            if stored and not durable and record is not None:
+            if not durable and record is not None:  # a duplicate may be another's unsynced copy
                 record.unsynced += 1
         except OSError as exc:
             if exc.errno in _DISK_FULL:

@@ -14,11 +14,12 @@ returns, the file's bytes and its directory entry (and the entries of any folder
 it created) have been fsynced; a crash afterwards loses nothing.  With
 ``durable=False`` the file is complete in the page cache (a killed process loses
 nothing) and reaches the disk at the next :meth:`Spool.sync` (one ``syncfs`` for
-a whole association, instead of two fsyncs per instance).  A stored copy whose
-size differs from a new copy of the same instance (one cut short by a power
-failure before it was synced) is replaced rather than kept as a duplicate.  A file is written under a
-unique temporary name (``.<sop>.dcm.<random>.tmp``), fsynced, then hard-linked
-to ``<sop>.dcm``: a link never replaces an existing file, so of several
+a whole association, instead of two fsyncs per instance).  A stored copy
+whose data set differs in size from a new copy of the same instance (one cut
+short by a power failure before it was synced) is replaced rather than kept as
+a duplicate.  A file is written under a unique temporary name
+(``.<sop>.dcm.<random>.tmp``), fsynced, then hard-linked to ``<sop>.dcm``: a
+link never replaces an existing file, so of several
 writers of one SOP instance (threads or processes) exactly one creates it and
 the others see a duplicate.  Listings show only complete ``.dcm`` files;
 temporary files left by a killed writer are ignored and cleaned up.

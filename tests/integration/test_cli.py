@@ -215,45 +215,34 @@ def test_dicom_configuration_and_echo(cli):
     assert cli.json("list", "exports") == []
 
 
-def test_ray_job_submit_runs_one_job(cli, tmp_path):
-    study = tmp_path / "study"
-    cli("sample-study", str(study), "--slices", "16")
+def _ray_job_submit(cli, working_dir: Path, *entrypoint: str) -> subprocess.CompletedProcess:
+    """``ray job submit`` to the test's cluster; fails the test unless it exits 0."""
     dashboard = f"http://127.0.0.1:{cli.env['CLARA_RAY_RAY__DASHBOARD_PORT']}"
     proc = subprocess.run(
-        [
-            str(BIN / "ray"),
-            "job",
-            "submit",
-            "--address",
-            dashboard,
-            "--working-dir",
-            str(ROOT),
-            "--",
-            "python",
-            "-m",
-            "clara_ray.run",
-            "pipelines/ct-lung-bone.yaml",
-            str(study),
-            "--json",
-            "--param",
-            "destination=none",
-        ],
+        [str(BIN / "ray"), "job", "submit", "--address", dashboard,
+         "--working-dir", str(working_dir), "--", *entrypoint],
         env={**cli.env, "RAY_AUTH_MODE": "token"},
-        cwd=ROOT,
+        cwd=working_dir,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_ray_job_submit_runs_one_job(cli, tmp_path):
+    study = tmp_path / "study"
+    cli("sample-study", str(study), "--slices", "16")
+    proc = _ray_job_submit(
+        cli, ROOT, "python", "-m", "clara_ray.run", "pipelines/ct-lung-bone.yaml", str(study),
+        "--json", "--param", "destination=none",
+    )  # fmt: skip
     assert '"status": "Healthy"' in proc.stdout
 
 
 SUBMITTED_OPERATOR = """
-import json
-import os
-
-
 def mark(ctx, payload):
     ctx.results.write_json("marker.json", {"files": len(list(payload.iter_files()))})
     return {}
@@ -278,19 +267,10 @@ def test_ray_job_submit_runs_operators_from_the_submitted_working_dir(cli, tmp_p
     payload.mkdir()
     (payload / "a.txt").write_text("a")
     (payload / "b.txt").write_text("b")
-    dashboard = f"http://127.0.0.1:{cli.env['CLARA_RAY_RAY__DASHBOARD_PORT']}"
-    proc = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", str(code),
-         "--", "python", "-m", "clara_ray.run", "pipeline.yaml", str(payload), "--json",
-         "--download", str(tmp_path / "out")],
-        env={**cli.env, "RAY_AUTH_MODE": "token"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    proc = _ray_job_submit(
+        cli, code, "python", "-m", "clara_ray.run", "pipeline.yaml", str(payload), "--json",
+        "--download", str(tmp_path / "out"),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert '"status": "Healthy"' in proc.stdout
     (marker,) = (tmp_path / "out").rglob("marker.json")
     assert json.loads(marker.read_text()) == {"files": 2}

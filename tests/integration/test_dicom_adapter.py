@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pydicom
@@ -15,30 +14,25 @@ import ray
 
 from clara_ray.dicom.actors import get_or_create_adapter
 from clara_ray.sample import generate_phantom, write_ct_series
-from clara_ray.settings import load_settings
-from tests.conftest import ROOT, free_port, wait_for
+from tests.conftest import ROOT, free_port, make_settings, wait_for
+from tests.peer.dicom_helpers import DCMTK_ENV
 from tests.peer.orthanc import OrthancServer, orthanc_fixture
 
 pytestmark = [pytest.mark.ray, pytest.mark.peer, pytest.mark.slow]
 orthanc = orthanc_fixture()
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 @pytest.fixture
 def settings(tmp_path: Path):
     """The test's settings, with a DICOM listener on a free port (overrides conftest's)."""
-    return load_settings(
-        env={
-            "CLARA_RAY_DATA_DIR": str(tmp_path / "data"),
-            "CLARA_RAY_RAY__NAMESPACE": f"t{uuid.uuid4().hex[:12]}",
-            "CLARA_RAY_SERVE__ENABLED": "false",
-            "CLARA_RAY_DICOM__PORT": str(free_port()),
-            "CLARA_RAY_DICOM__RECEIVERS": "2",
-            "CLARA_RAY_DICOM__DISK_RESERVE_MB": "0",
-            "CLARA_RAY_DICOM__REJECT_UNKNOWN_SOURCES": "false",
-            "CLARA_RAY_DICOM__EXPORT__BACKOFF_SECONDS": "1",
-            "CLARA_RAY_DICOM__EXPORT__ATTEMPTS": "20",
-        }
+    return make_settings(
+        tmp_path,
+        CLARA_RAY_DICOM__PORT=str(free_port()),
+        CLARA_RAY_DICOM__RECEIVERS="2",
+        CLARA_RAY_DICOM__DISK_RESERVE_MB="0",
+        CLARA_RAY_DICOM__REJECT_UNKNOWN_SOURCES="false",
+        CLARA_RAY_DICOM__EXPORT__BACKOFF_SECONDS="1",
+        CLARA_RAY_DICOM__EXPORT__ATTEMPTS="20",
     )
 
 

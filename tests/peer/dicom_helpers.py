@@ -37,13 +37,17 @@ DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
-def dcmtk(tool: str, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run a dcmtk tool to completion; its output is stdout and stderr together."""
+def _dcmtk_command(tool: str, args: tuple[str | Path, ...]) -> list[str]:
     exe = shutil.which(tool)
     if exe is None:
         pytest.fail(f"{tool} is not installed (Debian package dcmtk)")
+    return [exe, *map(str, args)]
+
+
+def dcmtk(tool: str, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a dcmtk tool to completion; its output is stdout and stderr together."""
     return subprocess.run(
-        [exe, *map(str, args)],
+        _dcmtk_command(tool, args),
         env=DCMTK_ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -54,11 +58,9 @@ def dcmtk(tool: str, *args: str | Path, timeout: float = 120) -> subprocess.Comp
 
 
 def dcmtk_popen(tool: str, *args: str | Path) -> subprocess.Popen[str]:
-    exe = shutil.which(tool)
-    if exe is None:
-        pytest.fail(f"{tool} is not installed (Debian package dcmtk)")
+    """Start a dcmtk tool; its output is stdout and stderr together."""
     return subprocess.Popen(
-        [exe, *map(str, args)],
+        _dcmtk_command(tool, args),
         env=DCMTK_ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -8,6 +8,8 @@ SO_REUSEPORT hash.
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -139,3 +141,37 @@ def test_a_receiver_whose_inbox_name_is_held_still_serves(
             assert int(assoc.send_c_echo().Status) == 0x0000
             assoc.release()
     assert "receiver 0 takes no connections from its siblings" in caplog.text
+
+
+def _send_to_inbox(address: str, message: bytes, fds: list[int]) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as link:
+        link.settimeout(5)
+        link.connect(address)
+        socket.send_fds(link, [message], fds)
+        return link.recv(1)
+
+
+def test_bad_hand_offs_are_refused_and_the_inbox_serves_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _receivers(tmp_path, 2, 2) as (first, second):
+        assert second.scp.balancer is not None
+        inbox = second.scp.balancer.inbox_address(1)
+        read_end, write_end = os.pipe()
+        try:
+            assert _send_to_inbox(inbox, b'["127.0.0.1", 1]', []) == b"\x00"
+            assert _send_to_inbox(inbox, b"not json", [read_end]) == b"\x00"
+            assert _send_to_inbox(inbox, b'["127.0.0.1", 1]', [read_end]) == b"\x00"  # a pipe
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+        held = _hold(first.port, 2)  # the second one is still handed over and served
+        try:
+            assert second.scp.stats()["taken_over"] == 1
+            assert all(int(a.send_c_echo().Status) == 0x0000 for a in held)
+        finally:
+            for assoc in held:
+                assoc.release()
+    assert "expected one socket, got 0 descriptors" in caplog.text
+    assert "the peer address b'not json' is not [host, port]" in caplog.text
+    assert "the descriptor handed over is not a TCP socket" in caplog.text

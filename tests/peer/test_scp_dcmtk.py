@@ -537,3 +537,21 @@ def test_a_failed_sync_aborts_the_association_instead_of_releasing_it(
         wait_until(lambda: len(_association_lines(caplog)) == 1, 5, "the association log line")
     (line,) = _association_lines(caplog)
     assert "aborted: spool sync failed (Input/output error)" in line
+
+
+def test_association_durability_syncs_for_duplicates_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (path,) = write_study(tmp_path / "study", slices=1)
+    with running_scp(tmp_path, scp_settings(durability="association")) as running:
+        syncs: list[int] = []
+        real_sync = running.spool.sync
+        monkeypatch.setattr(running.spool, "sync", lambda: (syncs.append(1), real_sync()))
+        for _ in range(2):  # the second association's instance is a duplicate of the first's
+            assoc = scu_ae().associate("127.0.0.1", running.port, ae_title="CLARA")
+            assert int(assoc.send_c_store(pydicom.dcmread(path)).Status) == 0x0000
+            assoc.release()
+            assert assoc.is_released
+        stats = running.scp.stats()
+    assert (stats["instances"], stats["duplicates"]) == (1, 1)
+    assert len(syncs) == 2  # its Success may rest on the first copy: synced before release
