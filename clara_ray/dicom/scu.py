@@ -346,7 +346,35 @@ def _associate(
     timeout: float,
     max_pdu: int,
 ) -> Association:
-    """An established association, or :class:`DicomSendError` saying why not."""
+    """An established association, or :class:`DicomSendError` saying why not.
+
+    A request the peer closes without an answer is made once more: peers that reject and
+    close at once (DCMTK-based ones such as Orthanc) can reset the connection before their
+    A-ASSOCIATE-RJ is read on a loaded machine, and the second request reads the reason.
+    """
+    options: dict[str, Any] = {"ssl_context": ssl_context, "timeout": timeout, "max_pdu": max_pdu}
+    try:
+        return _associate_once(ae, destination, contexts, **options)
+    except DicomSendError as exc:
+        if exc.kind != "aborted":
+            raise
+    logger.info(
+        "%s closed the association request without an answer; asking once more",
+        _where(destination),
+    )
+    return _associate_once(ae, destination, contexts, **options)
+
+
+def _associate_once(
+    ae: AE,
+    destination: DestinationConfig,
+    contexts: Sequence[Any],
+    *,
+    ssl_context: ssl.SSLContext | None,
+    timeout: float,
+    max_pdu: int,
+) -> Association:
+    """One association request: established, or :class:`DicomSendError` saying why not."""
     _check_tls(destination, ssl_context)
     opened: list[bool] = []
 
