@@ -8,133 +8,24 @@ Any other address joins an existing cluster (KubeRay, ``ray start``).
 
 from __future__ import annotations
 
-import contextlib
-import json
+import importlib.util
 import logging
-import os
-import re
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import ray
+import yaml
 
+from clara_ray import auth_token, local_head
 from clara_ray.client import PlatformClient
 from clara_ray.core.actor import CORE_ACTOR_NAME, get_or_create_core
-from clara_ray.errors import ClaraError, PlatformNotRunningError
+from clara_ray.errors import ClaraError, NotFoundError, PlatformNotRunningError
 from clara_ray.settings import Settings
 
-__all__ = ["connect", "down", "local_ray_info", "status", "up"]
+__all__ = ["connect", "down", "local_ray_info", "reference_pipeline_files", "status", "up"]
 
 log = logging.getLogger(__name__)
-_STATE_FILE = "ray.json"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-def _ray_cli() -> str:
-    return str(Path(sys.executable).with_name("ray"))
-
-
-def local_ray_info(settings: Settings) -> dict[str, Any] | None:
-    """What ``up`` recorded about the local Ray head, if it is still reachable."""
-    path = settings.run_dir / _STATE_FILE
-    if not path.exists():
-        return None
-    info: dict[str, Any] = json.loads(path.read_text())
-    host, port = info["address"].rsplit(":", 1)
-    return info if _port_open(host, int(port)) else None
-
-
-def _start_local_ray(settings: Settings) -> dict[str, Any]:
-    cfg = settings.ray
-    if _port_open("127.0.0.1", cfg.gcs_port):
-        raise ClaraError(
-            f"port {cfg.gcs_port} (setting ray.gcs_port) is in use by another process; "
-            "choose another port or stop that process"
-        )
-    cmd = [
-        _ray_cli(),
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={cfg.gcs_port}",
-        f"--dashboard-host={cfg.dashboard_host}",
-        f"--dashboard-port={cfg.dashboard_port}",
-        f"--ray-client-server-port={_free_port()}",
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
-        "--disable-usage-stats",
-    ]
-    if cfg.num_cpus is not None:
-        cmd.append(f"--num-cpus={cfg.num_cpus}")
-    if cfg.num_gpus is not None:
-        cmd.append(f"--num-gpus={cfg.num_gpus}")
-    if cfg.object_store_memory is not None:
-        cmd.append(f"--object-store-memory={cfg.object_store_memory}")
-    # The head's job supervisor runs `ray job submit` entrypoints: put this environment's
-    # interpreter first on its PATH, so `python -m clara_ray.run` finds clara-ray.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise ClaraError(f"`ray start --head` failed (exit {proc.returncode}):\n{tail}")
-    info = {
-        "address": f"127.0.0.1:{cfg.gcs_port}",
-        "dashboard_url": f"http://{cfg.dashboard_host}:{cfg.dashboard_port}",
-        "auth": "token",
-        "started_at": time.time(),
-    }
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    (settings.run_dir / _STATE_FILE).write_text(json.dumps(info, indent=2))
-    return info
-
-
-def _stop_local_head(gcs_port: int, grace: float = 10.0) -> int:
-    """Stop the processes of the local Ray cluster on ``gcs_port`` and their children.
-
-    Unlike ``ray stop``, other Ray clusters on the machine are left alone: the
-    cluster is found by its GCS port and its session folder in command lines.
-    """
-    port = re.compile(rf"[:=]{gcs_port}(\s|$)")
-    commands = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        commands[proc] = " ".join(proc.info["cmdline"] or [])
-    roots = {p for p, cmd in commands.items() if port.search(cmd)}
-    sessions = {s for p in roots for s in re.findall(r"session_[0-9_-]+", commands[p])}
-    roots |= {p for p, cmd in commands.items() if any(s in cmd for s in sessions)}
-    procs = set(roots)
-    for root in roots:
-        try:
-            procs.update(root.children(recursive=True))
-        except psutil.NoSuchProcess:
-            continue
-    procs = {p for p in procs if p.pid != os.getpid()}
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    _gone, alive = psutil.wait_procs(list(procs), timeout=grace)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=grace)
-    return len(procs)
+local_ray_info = local_head.head_info
 
 
 def _address(settings: Settings) -> str:
@@ -152,6 +43,8 @@ def _address(settings: Settings) -> str:
 def _init(address: str, settings: Settings) -> None:
     if ray.is_initialized():
         return
+    if settings.ray.address != "local":
+        auth_token.require_token(address)
     ray.init(
         address=address,
         namespace=settings.ray.namespace,
@@ -166,13 +59,47 @@ def connect(settings: Settings) -> PlatformClient:
     return PlatformClient.connect(settings)
 
 
+def reference_pipeline_files() -> list[Path]:
+    """The shipped reference pipelines (``pipelines/*.yaml``), found without importing them."""
+    spec = importlib.util.find_spec("pipelines")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return sorted(folder.glob("*.yaml"))
+
+
+def _register_reference_pipelines(client: PlatformClient) -> list[str]:
+    """Store each reference pipeline that no pipeline of the same name replaces yet."""
+    registered = []
+    for path in reference_pipeline_files():
+        name = str((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("name", ""))
+        try:
+            client.call("get_pipeline", name)
+            continue
+        except NotFoundError:
+            pass
+        try:
+            registered.append(client.create_pipeline(path).name)
+        except ClaraError as exc:  # one broken file must not keep the platform from starting
+            log.warning("reference pipeline %s not registered: %s", path, exc)
+    return registered
+
+
 def up(settings: Settings) -> dict[str, Any]:
     """Start what is missing (local Ray head, Core actor, HTTP API) and return the status."""
-    if settings.ray.address == "local" and local_ray_info(settings) is None:
-        _start_local_ray(settings)
+    token = None
+    if settings.ray.address == "local":
+        token = auth_token.ensure_local_token()
+        if local_ray_info(settings) is None:
+            local_head.start_head(settings, "token" if token else "disabled")
     _init(_address(settings), settings)
     core = get_or_create_core(settings)
     ray.get(core.ping.remote(), timeout=120)
+    registered = (
+        _register_reference_pipelines(PlatformClient(settings, core))
+        if settings.core.register_reference_pipelines
+        else []
+    )
     if settings.dicom.enabled:
         from clara_ray.dicom.actors import get_or_create_adapter
 
@@ -181,17 +108,21 @@ def up(settings: Settings) -> dict[str, Any]:
         from clara_ray.serving import deploy_api
 
         deploy_api(settings)
-    return status(settings)
+    out = status(settings)
+    out["auth_token"] = (
+        {"source": token.source, "created": token.created} if token is not None else None
+    )
+    out["pipelines_registered"] = registered
+    return out
 
 
 def down(settings: Settings) -> dict[str, Any]:
-    """Stop the platform: the whole local Ray head if ``up`` started it, else (on a shared
-    cluster) the HTTP API and the platform's actors."""
+    """Stop the platform: the local Ray head if ``up`` started it (its processes only), else
+    (on a shared cluster) the HTTP API and the platform's actors. The auth token stays."""
     if settings.ray.address == "local":
-        if local_ray_info(settings) is None:
+        if local_head.recorded_head(settings) is None:
             return {"stopped": []}
-        count = _stop_local_head(settings.ray.gcs_port)
-        (settings.run_dir / _STATE_FILE).unlink(missing_ok=True)
+        count = local_head.stop_head(settings)
         return {"stopped": ["ray"], "processes": count}
     stopped: list[str] = []
     _init(_address(settings), settings)

@@ -84,6 +84,11 @@ class CoreSettings(_Section):
         gt=0,
         description="How long a job runner keeps retrying a report to a restarting Core.",
     )
+    register_reference_pipelines: bool = Field(
+        True,
+        description="`clara-ray up` stores the shipped reference pipelines (pipelines/*.yaml) "
+        "whose names are not taken yet, so `create job -p ct-lung-bone` works at once.",
+    )
 
 
 class ServeSettings(_Section):

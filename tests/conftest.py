@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +17,27 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = Path(__file__).resolve().parent / "pipelines"
+
+
+def _isolate_from_the_users_home() -> None:
+    """The suite sees what a fresh machine sees: an empty home (no Ray token, no data dir,
+    no caches) and none of the user's clara-ray or Ray connection settings.
+
+    Done at import, before anything imports Ray, which reads these once.
+    """
+    home = tempfile.mkdtemp(prefix="clara-ray-test-home-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    os.environ["HOME"] = home
+    for name in list(os.environ):
+        if name.startswith("CLARA_RAY_") or name in (
+            "RAY_ADDRESS",
+            "RAY_AUTH_TOKEN",
+            "RAY_AUTH_TOKEN_PATH",
+        ):
+            del os.environ[name]
+
+
+_isolate_from_the_users_home()
 
 
 def wait_for(

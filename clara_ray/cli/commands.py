@@ -54,7 +54,13 @@ def _status_text(st: dict[str, Any]) -> str:
 
 def up(args: argparse.Namespace) -> int:
     st = platform.up(args.settings)
-    emit(args.json, st, _status_text(st))
+    lines = [_status_text(st)]
+    if token := st.get("auth_token"):
+        created = " (created; `clara-ray down` keeps it)" if token["created"] else ""
+        lines.append(f"ray token:  {token['source']}{created}")
+    if st.get("pipelines_registered"):
+        lines.append("pipelines:  registered " + ", ".join(st["pipelines_registered"]))
+    emit(args.json, st, "\n".join(lines))
     return 0
 
 

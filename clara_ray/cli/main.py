@@ -34,21 +34,34 @@ def _kv(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _add(sub: Any, name: str, fn: Callable[..., int], help: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
-    p.set_defaults(func=fn)
-    return p
+def _common_options() -> argparse.ArgumentParser:
+    """``--config`` and ``--json``, accepted at every level: before the verb, after the noun.
 
-
-def build_parser() -> argparse.ArgumentParser:
+    SUPPRESS as the default: an option given early is not reset by a later sub-command's default.
+    """
     common = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS: an option given before the verb is not reset by the sub-command's default.
     common.add_argument(
         "--config", default=argparse.SUPPRESS, help="settings YAML (default: $CLARA_RAY_CONFIG)"
     )
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
     )
+    return common
+
+
+_COMMON = _common_options()
+
+
+def _add(sub: Any, name: str, fn: Callable[..., int], help: str) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, description=help, parents=[_COMMON]
+    )
+    p.set_defaults(func=fn)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _COMMON
     parser = argparse.ArgumentParser(
         prog="clara-ray",
         parents=[common],

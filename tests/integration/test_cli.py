@@ -47,9 +47,11 @@ class Cli:
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory) -> Iterator[Cli]:
+    """The CLI as a new user runs it: an empty home (no Ray token yet) and its own ports."""
     data = tmp_path_factory.mktemp("cli-data")
     env = {
         **os.environ,
+        "HOME": str(tmp_path_factory.mktemp("cli-home")),
         "CLARA_RAY_DATA_DIR": str(data),
         "CLARA_RAY_RAY__GCS_PORT": str(free_port()),
         "CLARA_RAY_RAY__DASHBOARD_PORT": str(free_port()),
@@ -60,7 +62,8 @@ def cli(tmp_path_factory) -> Iterator[Cli]:
         "CLARA_RAY_DICOM__DISK_RESERVE_MB": "0",
         "PYTHONPATH": str(ROOT),
     }
-    env.pop("RAY_ADDRESS", None)
+    for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "CLARA_RAY_CONFIG"):
+        env.pop(name, None)
     runner = Cli(env)
     try:
         yield runner
@@ -96,11 +99,42 @@ def test_validate_pipeline_reports_problems(cli, tmp_path):
     }
 
 
-def test_full_cycle(cli, tmp_path):
+def test_up_on_a_fresh_home_creates_the_ray_token_and_registers_reference_pipelines(cli):
+    token = Path(cli.env["HOME"]) / ".ray" / "auth_token"
+    assert not token.exists()
     status = cli.json("up")
     assert status["running"] is True
     assert any(a["name"] == "clara-core" for a in status["actors"])
     assert status["dashboard_url"].startswith("http://127.0.0.1:")
+    assert status["auth_token"] == {"source": str(token), "created": True}
+    assert len(token.read_text()) == 64
+    assert set(status["pipelines_registered"]) == {
+        "ct-lung-bone",
+        "ct-liver-ai",
+        "deidentify-and-forward",
+    }
+    listed = json.loads(cli("list", "pipelines", "--json").stdout)
+    assert {p["name"] for p in listed} >= {"ct-lung-bone", "deidentify-and-forward"}
+    again = cli.json("up")
+    assert again["auth_token"]["created"] is False and again["pipelines_registered"] == []
+
+
+def test_joining_a_cluster_without_a_token_says_what_to_set(cli, tmp_path):
+    empty_home = tmp_path / "home"
+    empty_home.mkdir()
+    env = {
+        **cli.env,
+        "HOME": str(empty_home),
+        "CLARA_RAY_RAY__ADDRESS": f"127.0.0.1:{cli.env['CLARA_RAY_RAY__GCS_PORT']}",
+    }
+    proc = Cli(env)("list", "jobs", check=False)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert "no Ray authentication token" in line and "RAY_AUTH_TOKEN" in line
+
+
+def test_full_cycle(cli, tmp_path):
+    cli("up")
 
     study = tmp_path / "study"
     written = cli.json("sample-study", str(study), "--slices", "24")
@@ -129,12 +163,12 @@ def test_full_cycle(cli, tmp_path):
     )
     assert (described["state"], described["status"]) == ("Stopped", "Healthy"), described
     job_id = described["job_id"]
-    again = cli.json("describe", "job", job_id)
+    again = json.loads(cli("describe", "job", job_id, "--json").stdout)
     assert again["metadata"] == {"accession": "A1"}
     for op in again["operators"]:
         assert op["status"] == "Healthy" and op["node_id"] and op["duration"] is not None
 
-    jobs = cli.json("list", "jobs", "--state", "Stopped")
+    jobs = json.loads(cli("list", "jobs", "--state", "Stopped", "--json").stdout)
     assert [j["job_id"] for j in jobs] == [job_id]
     logs = cli.json("logs", job_id, "--operator", "select")
     assert list(logs) == ["select"] and "operator select finished" in logs["select"]
@@ -276,9 +310,20 @@ def test_ray_job_submit_runs_operators_from_the_submitted_working_dir(cli, tmp_p
     assert json.loads(marker.read_text()) == {"files": 2}
 
 
-def test_down_leaves_no_ray_processes(cli):
-    cli("down")
+def test_down_stops_its_own_ray_only_and_keeps_the_token(cli):
     port = cli.env["CLARA_RAY_RAY__GCS_PORT"]
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "--address", f"127.0.0.1:{port}"]
+    )
+    try:
+        stopped = cli.json("down")
+        assert stopped["stopped"] == ["ray"] and stopped["processes"] > 3
+        assert bystander.poll() is None, "down stopped a process that only mentions the port"
+    finally:
+        bystander.kill()
+        bystander.wait()
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     assert f"--gcs-address=127.0.0.1:{port}" not in ps and f"gcs_server_port={port}" not in ps
+    assert f"--port={port}" not in ps
     assert cli("status", check=False).returncode == 3
+    assert (Path(cli.env["HOME"]) / ".ray" / "auth_token").is_file()
