@@ -7,7 +7,9 @@ through the Core (``clara-ray dicom create|list|delete ...``), which stores them
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -121,8 +123,36 @@ class DicomConfig(_Model):
     def destination(self, name: str) -> DestinationConfig | None:
         return next((d for d in self.destinations if d.name == name), None)
 
-    def is_known_source(self, calling: str, host: str) -> bool:
-        return any(s.ae_title == calling.strip() and s.host == host for s in self.sources)
+    def is_known_source(
+        self, calling: str, host: str, resolved: Mapping[str, frozenset[str]] | None = None
+    ) -> bool:
+        """Whether a source has AE title ``calling`` and the peer address ``host``.
+
+        A source's host matches when it is that address (an IP literal, in any
+        spelling) or, for a host name, when ``resolved`` (host name -> its addresses,
+        see :class:`~clara_ray.dicom.sources.SourceAddresses`) lists the address.
+        """
+        calling, peer = calling.strip(), normal_address(host)
+        for source in self.sources:
+            if source.ae_title != calling:
+                continue
+            if source.host == host or normal_address(source.host) == peer:
+                return True
+            if resolved is not None and peer in resolved.get(source.host, ()):
+                return True
+        return False
+
+
+def normal_address(host: str) -> str:
+    """An IP address in its canonical spelling (an IPv4-mapped IPv6 address as IPv4, no
+    zone); anything else unchanged."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 class TlsSettings(_Model):
@@ -151,6 +181,19 @@ class ExportSettings(_Model):
         2.0, gt=0, description="First retry delay; doubles each attempt."
     )
     max_backoff_seconds: float = Field(300.0, gt=0, description="Upper bound of the retry delay.")
+    workers: int = Field(8, ge=1, le=256, description="Exports sent at once, all destinations.")
+    concurrency_per_destination: int = Field(
+        2, ge=1, le=64, description="Exports sent at once to one destination."
+    )
+    lease_seconds: float = Field(
+        600.0,
+        ge=300,
+        le=86400,
+        description=(
+            "How long a claimed export is held; a send stops starting instances in time to "
+            "end within it, and an export held by an adapter that died is sent again after it."
+        ),
+    )
 
 
 class DicomSettings(_Model):
@@ -184,6 +227,14 @@ class DicomSettings(_Model):
     spool_dir: Path | None = Field(None, description="Spool folder. Default: <data_dir>/spool.")
     disk_reserve_mb: int = Field(
         1024, ge=0, description="Refuse new associations when less free space than this remains."
+    )
+    max_instance_mb: int = Field(
+        2048,
+        gt=0,
+        description=(
+            "Largest data set (MiB) one C-STORE may carry, inflated size for a deflated one; "
+            "a larger instance is refused with status 0xA700 (out of resources)."
+        ),
     )
     tls: TlsSettings = Field(default_factory=TlsSettings, description="DICOM TLS settings.")
     export: ExportSettings = Field(default_factory=ExportSettings, description="Export retries.")

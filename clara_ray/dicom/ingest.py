@@ -1,7 +1,10 @@
 """Closing quiet groups of received instances into payloads and jobs.
 
 A group (one study or series sent to one Clara AE title) closes when no
-instance has arrived for the AE title's ``timeout``: its spool folder is
+association that stored into it is still open and nothing has happened to it
+for the AE title's ``timeout`` (no instance stored, no association let go of
+it, no instance of the AE title arriving on an association not yet bound to a
+group; see :mod:`clara_ray.dicom.spool`): its spool folder is
 renamed into ``closing/`` (atomically), uploaded as a sealed payload and one
 job per pipeline of the AE title is created and started.  Every step is
 idempotent (the payload id and job ids derive from the closing folder's name),
@@ -52,7 +55,7 @@ class GroupCloser:
         for group in self.spool.open_groups():
             ae = config.aetitle(group.called_ae)
             timeout = ae.timeout if ae else _DEFAULT_TIMEOUT
-            if now - group.last_activity >= timeout:
+            if not group.held and now - group.last_activity >= timeout:
                 self.spool.close_group(group, now)
         jobs: list[str] = []
         for closing in self.spool.closing_groups():

@@ -26,6 +26,7 @@ Errors are :class:`MalformedDatasetError`, whose messages name the element
 from __future__ import annotations
 
 import functools
+import mmap
 import re
 import struct
 import zlib
@@ -35,7 +36,13 @@ from pydicom.uid import UID
 
 from clara_ray.errors import ClaraError
 
-__all__ = ["DEFLATED_TRANSFER_SYNTAXES", "Identifiers", "MalformedDatasetError", "peek"]
+__all__ = [
+    "DEFLATED_TRANSFER_SYNTAXES",
+    "DatasetTooLargeError",
+    "Identifiers",
+    "MalformedDatasetError",
+    "peek",
+]
 
 UID_PATTERN = re.compile(r"^[0-9.]{1,64}$")
 _CODE_STRING = re.compile(r"^[A-Z0-9_ ]{1,16}$")
@@ -93,6 +100,10 @@ class MalformedDatasetError(ClaraError, ValueError):
     """An encoded data set is truncated or inconsistent; the message says where and why."""
 
 
+class DatasetTooLargeError(MalformedDatasetError):
+    """A deflated data set inflates beyond the bound it was given."""
+
+
 @dataclass(frozen=True)
 class Identifiers:
     """The identifiers of one received instance; every UID matches ``^[0-9.]{1,64}$``."""
@@ -111,7 +122,7 @@ def _tag(tag: int) -> str:
 class _Walker:
     """Walks an encoded data set element by element; remembers some top-level values."""
 
-    def __init__(self, buf: bytes, *, implicit: bool, little: bool) -> None:
+    def __init__(self, buf: bytes | mmap.mmap, *, implicit: bool, little: bool) -> None:
         self.buf = buf
         self.implicit = implicit
         order = "<" if little else ">"
@@ -122,8 +133,8 @@ class _Walker:
         self.pixel_length: int | None = None  # -1: encapsulated
         self.seen: set[int] = set()  # top-level tags of _OTHER_PIXELS present
 
-    def walk(self) -> None:
-        self._dataset(0, len(self.buf), implicit=self.implicit, depth=0, in_item=False)
+    def walk(self, start: int = 0) -> None:
+        self._dataset(start, len(self.buf), implicit=self.implicit, depth=0, in_item=False)
 
     def _dataset(self, pos: int, end: int, *, implicit: bool, depth: int, in_item: bool) -> int:
         """Walk elements from ``pos`` to ``end`` (inside an undefined-length item: up to its
@@ -341,14 +352,14 @@ def _check_pixels(walker: _Walker, sop_class_uid: str) -> None:
         )
 
 
-def _inflate(data: bytes) -> bytes:
+def _inflate(data: memoryview, limit: int) -> bytes:
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        out = inflater.decompress(data, MAX_INFLATED_BYTES)
+        out = inflater.decompress(data, limit)
     except zlib.error:
         raise MalformedDatasetError("deflated data set is not a valid deflate stream") from None
     if inflater.unconsumed_tail:
-        raise MalformedDatasetError(f"deflated data set inflates beyond {MAX_INFLATED_BYTES} bytes")
+        raise DatasetTooLargeError(f"deflated data set inflates beyond {limit} bytes")
     if not inflater.eof:
         raise MalformedDatasetError("data set truncated: the deflate stream does not end")
     return out
@@ -375,18 +386,33 @@ def _uid(walker: _Walker, tag: int, keyword: str) -> str:
     return text
 
 
-def peek(dataset_bytes: bytes, transfer_syntax_uid: str) -> Identifiers:
+def peek(
+    dataset_bytes: bytes | mmap.mmap,
+    transfer_syntax_uid: str,
+    *,
+    start: int = 0,
+    max_inflated: int = MAX_INFLATED_BYTES,
+) -> Identifiers:
     """Check the encoded data set's structure and return its identifiers.
 
-    ``dataset_bytes`` is the data set as received (no preamble, no file meta),
-    encoded in ``transfer_syntax_uid``.  Raises :class:`MalformedDatasetError`.
+    ``dataset_bytes[start:]`` is the data set as received (no preamble, no file
+    meta), encoded in ``transfer_syntax_uid``; it may be a read-only ``mmap`` of
+    a received file (offsets in error messages then count from the file's start).
+    A deflated data set may inflate to at most ``min(max_inflated,
+    MAX_INFLATED_BYTES)`` bytes (:class:`DatasetTooLargeError` beyond).  Raises
+    :class:`MalformedDatasetError`.
     """
     implicit, little, deflated = _syntax(str(transfer_syntax_uid))
-    buf = _inflate(dataset_bytes) if deflated else dataset_bytes
-    if not buf:
+    buf = dataset_bytes
+    if deflated:
+        # released at once, even on an error: an mmap can then close
+        with memoryview(dataset_bytes) as whole, whole[start:] as part:
+            buf = _inflate(part, min(max_inflated, MAX_INFLATED_BYTES))
+        start = 0
+    if len(buf) <= start:
         raise MalformedDatasetError("data set is empty")
     walker = _Walker(buf, implicit=implicit, little=little)
-    walker.walk()
+    walker.walk(start)
     sop_class_uid = _uid(walker, _SOP_CLASS, "SOPClassUID")
     _check_pixels(walker, sop_class_uid)
     modality = walker.text(_MODALITY) or ""

@@ -7,6 +7,7 @@ A-ASSOCIATE-RJ to send (PS3.8 9.3.4, table 9-21), or None to go on negotiating.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeAlias
@@ -95,12 +96,14 @@ def decide(
     free_bytes: int,
     *,
     active_associations: int = 0,
+    resolved: Mapping[str, frozenset[str]] | None = None,
 ) -> AssociationDecision:
     """The rejection for an association request, or None to accept it.
 
     Checked in this order: the called AE title must be a configured Clara AE
     title; with ``settings.reject_unknown_sources`` the (calling AE, host) pair
-    must be a configured source; the spool must have ``disk_reserve_mb`` free;
+    must be a configured source (a source's host name matches the addresses
+    ``resolved`` gives it); the spool must have ``disk_reserve_mb`` free;
     fewer than ``settings.max_associations`` associations may be established
     (``active_associations`` counts them, this request excluded).
     """
@@ -112,12 +115,13 @@ def decide(
             RejectReason.USER_CALLED_AE_NOT_RECOGNIZED,
             f"called AE title {called!r} is not a configured Clara AE title",
         )
-    if settings.reject_unknown_sources and not config.is_known_source(calling, peer_host):
+    if settings.reject_unknown_sources and not config.is_known_source(calling, peer_host, resolved):
         return Rejection(
             RejectResult.REJECTED_PERMANENT,
             RejectSource.SERVICE_USER,
             RejectReason.USER_CALLING_AE_NOT_RECOGNIZED,
-            f"calling AE title {calling!r} from {peer_host} is not a configured source",
+            f"calling AE title {calling!r} from {peer_host} is not a configured source "
+            f"(add it with `clara-ray dicom create source {calling} --host {peer_host}`)",
         )
     reserve = settings.disk_reserve_mb * 1024 * 1024
     if free_bytes < reserve:

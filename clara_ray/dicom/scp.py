@@ -15,10 +15,15 @@ built from subclasses handed to ``AE.make_server`` (no module patching):
   before reading it, and reads with few large ``recv_into`` calls) and
   ``_PolicyAcse`` (applies :func:`~clara_ray.dicom.policy.decide` and answers
   with its A-ASSOCIATE-RJ, or accepts as the called Clara AE title);
+* ``_PromptDimse`` streams each C-STORE data set into a spool temp file as its
+  fragments arrive (:mod:`clara_ray.dicom.receive`), up to
+  ``dicom.max_instance_mb``;
 * the C-STORE handler never decodes the data set: it peeks at the encoded
-  bytes, checks the AE title's SOP class filters, and returns Success only
-  after :meth:`Spool.store` wrote the file, fsynced (durability ``instance``)
-  or to be synced before the release is answered (``association``).
+  bytes of that file, checks the AE title's SOP class filters, and returns
+  Success only after :meth:`Spool.store_temp` named the file in its group,
+  fsynced (durability ``instance``) or to be synced before the release is
+  answered (``association``).  The association holds each group it stored
+  into open (:class:`~clara_ray.dicom.spool.GroupHolds`) until it ends.
 
 Each association ends with exactly one INFO line (AE titles, peer, counts,
 bytes, duration, outcome); no patient data is ever logged.
@@ -29,15 +34,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import mmap
 import queue
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -57,8 +62,6 @@ from pydicom.uid import (
 )
 from pynetdicom import (
     AE,
-    PYNETDICOM_IMPLEMENTATION_UID,
-    PYNETDICOM_IMPLEMENTATION_VERSION,
     AllStoragePresentationContexts,
     _config,
     build_context,
@@ -74,6 +77,7 @@ from pynetdicom._handlers import (
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import PresentationContext
@@ -81,12 +85,14 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from clara_ray.dicom.balance import ConnectionBalancer
 from clara_ray.dicom.config import AeTitleConfig, DicomConfig, DicomSettings
-from clara_ray.dicom.peek import MalformedDatasetError, peek
+from clara_ray.dicom.peek import DatasetTooLargeError, MalformedDatasetError, peek
 from clara_ray.dicom.policy import Rejection, StoreStatus, decide
-from clara_ray.dicom.spool import Spool
+from clara_ray.dicom.receive import StreamedDataset, file_preamble_and_meta, printable
+from clara_ray.dicom.sources import SourceAddresses
+from clara_ray.dicom.spool import GroupHolds, Spool, TempFile
 from clara_ray.dicom.tls import server_ssl_context
 
-__all__ = ["TRANSFER_SYNTAXES", "StorageScp", "supported_contexts"]
+__all__ = ["TRANSFER_SYNTAXES", "StorageScp", "file_preamble_and_meta", "supported_contexts"]
 
 log = logging.getLogger(__name__)
 
@@ -135,39 +141,6 @@ def supported_contexts() -> list[PresentationContext]:
     return contexts
 
 
-def _printable(text: str, limit: int) -> str:
-    return "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in text)[:limit]
-
-
-def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
-    if vr == b"OB":
-        return struct.pack("<HH2s2xL", group, element, vr, len(value)) + value
-    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
-
-
-def _even(text: str, pad: bytes) -> bytes:
-    raw = text.encode("ascii")
-    return raw + pad if len(raw) % 2 else raw
-
-
-def file_preamble_and_meta(
-    sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str
-) -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information group for a received data set."""
-    body = b"".join(
-        (
-            _element(2, 0x0001, b"OB", b"\x00\x01"),
-            _element(2, 0x0002, b"UI", _even(sop_class, b"\x00")),
-            _element(2, 0x0003, b"UI", _even(sop_instance, b"\x00")),
-            _element(2, 0x0010, b"UI", _even(transfer_syntax, b"\x00")),
-            _element(2, 0x0012, b"UI", _even(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
-            _element(2, 0x0013, b"SH", _even(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
-            _element(2, 0x0016, b"AE", _even(_printable(source_ae, 16) or "UNKNOWN", b" ")),
-        )
-    )
-    return b"\x00" * 128 + b"DICM" + _element(2, 0x0000, b"UL", struct.pack("<L", len(body))) + body
-
-
 @dataclass
 class _AssociationRecord:
     """What the end-of-association log line says."""
@@ -186,6 +159,7 @@ class _AssociationRecord:
     bytes: int = 0
     unsynced: int = 0  # instances acknowledged but not yet synced (durability "association")
     sync_error: str = ""
+    holds: GroupHolds = field(default_factory=GroupHolds)  # groups stored into, held open
 
 
 class _GuardedSocket(AssociationSocket):
@@ -281,6 +255,17 @@ class _PromptDimse(DIMSEServiceProvider):
             return self.msg_queue.get(timeout=_MESSAGE_WAIT)
         except queue.Empty:
             return None, None
+
+    def receive_primitive(self, primitive: Any) -> None:
+        """Give each new message a :class:`StreamedDataset` to collect its data set in."""
+        assoc = self.assoc
+        if self.message is None and isinstance(assoc, _Association):
+            message = DIMSEMessage()
+            message.data_set = StreamedDataset(
+                message, lambda rq: assoc.scp._open_stream(assoc, rq), assoc.scp.max_instance
+            )
+            self.message = message
+        super().receive_primitive(primitive)
 
 
 class _AdaptiveDul(DULServiceProvider):
@@ -444,6 +429,10 @@ class StorageScp:
         if ssl_context is None and settings.tls.enabled:
             self.ssl_context = server_ssl_context(settings.tls)
         self.pdu_bound = max(settings.max_pdu, _MIN_PDU_BOUND) + 6
+        self.max_instance = settings.max_instance_mb * 1024 * 1024
+        self.sources = SourceAddresses()
+        self.sources.update(config)
+        self._refresh_stop = threading.Event()
         self._config = config
         self._on_stored = on_stored
         self._lock = threading.Lock()
@@ -515,6 +504,13 @@ class StorageScp:
             daemon=True,
         )
         self._thread.start()
+        self._refresh_stop.clear()
+        threading.Thread(
+            target=self.sources.run,
+            args=(self._refresh_stop,),
+            name="StorageScp-sources",
+            daemon=True,
+        ).start()
         if self.balancer is not None:
             self.balancer.start(self._take_over)
         port = int(server.server_address[1])
@@ -530,6 +526,7 @@ class StorageScp:
         if server is None:
             return
         server.shutdown()
+        self._refresh_stop.set()
         if self.balancer is not None:
             self.balancer.stop()
         with self._lock:
@@ -545,6 +542,8 @@ class StorageScp:
 
     def update_config(self, config: DicomConfig) -> None:
         """Use ``config`` for new associations (running ones keep their AE title's settings)."""
+        if config.sources != self._config.sources:
+            self.sources.update(config)
         self._config = config
 
     def stats(self) -> dict[str, int]:
@@ -649,7 +648,7 @@ class StorageScp:
             self._pending.pop(assoc.dul.socket.socket if assoc.dul.socket else None, None)
             rejection = decide(
                 record.called, record.calling, record.peer, config, self.settings, free,
-                active_associations=self._established,
+                active_associations=self._established, resolved=self.sources.addresses,
             )  # fmt: skip
             if rejection is None:
                 self._established += 1
@@ -671,6 +670,10 @@ class StorageScp:
                     self._opened(sock, False)
             if r.admitted:
                 self._established -= 1
+        message = assoc.dimse.message
+        if message is not None and isinstance(message.data_set, StreamedDataset):
+            message.data_set.discard()  # an instance cut short by the association's end
+        r.holds.release()
         if r.unsynced:  # aborted or dropped: its Success statuses still deserve the disk
             self._sync(assoc)
         if assoc.rejection is not None:
@@ -750,32 +753,89 @@ class StorageScp:
             return 0x0000
         reply = Dataset()
         reply.Status = int(status)
-        reply.ErrorComment = _printable(comment, 64)
+        reply.ErrorComment = printable(comment, 64)
         return reply
+
+    def _open_stream(self, assoc: _Association, request: C_STORE_RQ) -> tuple[TempFile, bytes]:
+        """The temp file (with its header written by the caller) for a C-STORE data set."""
+        record = assoc.record
+        if record.ae is None:
+            raise ValueError("association has no Clara AE title")
+        command = request.command_set
+        context = assoc._accepted_cx[cast(int, request.context_id)]
+        header = file_preamble_and_meta(
+            str(command.AffectedSOPClassUID),
+            str(command.AffectedSOPInstanceUID),
+            str(context.transfer_syntax[0]),
+            record.calling,
+        )
+        temp = self.spool.create_temp(record.ae.ae_title, unplaced=not record.holds)
+        return temp, header
 
     def _store(
         self, event: evt.Event, record: _AssociationRecord | None
     ) -> tuple[StoreStatus, str, bool, int]:
         """(status, error comment, newly stored, data set bytes) for one C-STORE request."""
-        ae = record.ae if record is not None else None
-        if ae is None:
-            return StoreStatus.ProcessingFailure, "association has no Clara AE title", False, 0
         request = cast(C_STORE, event.request)
+        dataset = request.DataSet
+        try:
+            return self._store_streamed(event, request, dataset, record)
+        finally:
+            if isinstance(dataset, StreamedDataset):
+                dataset.discard()
+
+    def _store_streamed(
+        self,
+        event: evt.Event,
+        request: C_STORE,
+        dataset: Any,
+        record: _AssociationRecord | None,
+    ) -> tuple[StoreStatus, str, bool, int]:
+        ae = record.ae if record is not None else None
+        if ae is None or record is None:
+            return StoreStatus.ProcessingFailure, "association has no Clara AE title", False, 0
         sop_class = str(request.AffectedSOPClassUID)
         sop_instance = str(request.AffectedSOPInstanceUID)
         if not ae.accepts(sop_class):
             log.debug("C-STORE to %s: SOP class %s is not accepted", ae.ae_title, sop_class)
             return StoreStatus.RefusedSopClassNotSupported, "SOP class not accepted", False, 0
-        if request.DataSet is None:
+        if not isinstance(dataset, StreamedDataset) or dataset.size == 0:
             return StoreStatus.ErrorCannotUnderstand, "C-STORE without a data set", False, 0
-        data = request.DataSet.getvalue()
+        if dataset.too_large:
+            return self._too_large(record, dataset.size, "")
+        if dataset.error is not None:
+            return self._write_failed(ae.ae_title, dataset.error)
+        temp = dataset.take()
+        if temp is None:
+            return self._write_failed(ae.ae_title, OSError(errno.EIO, "no spool file"))
+        try:
+            return self._store_file(event, record, ae, temp, dataset, sop_class, sop_instance)
+        finally:
+            temp.discard()
+
+    def _store_file(
+        self,
+        event: evt.Event,
+        record: _AssociationRecord,
+        ae: AeTitleConfig,
+        temp: TempFile,
+        dataset: StreamedDataset,
+        sop_class: str,
+        sop_instance: str,
+    ) -> tuple[StoreStatus, str, bool, int]:
         transfer_syntax = str(event.context.transfer_syntax)
         try:
-            ids = peek(data, transfer_syntax)
+            with mmap.mmap(temp.fd, 0, access=mmap.ACCESS_READ) as view:
+                ids = peek(
+                    view, transfer_syntax, start=dataset.header_length,
+                    max_inflated=self.max_instance,
+                )  # fmt: skip
+        except DatasetTooLargeError:
+            return self._too_large(record, dataset.size, " (deflated)")
         except MalformedDatasetError as exc:
             log.warning(
                 "C-STORE from %s to %s: instance %s refused: %s",
-                record.calling if record else "?", ae.ae_title, sop_instance, exc,
+                record.calling, ae.ae_title, sop_instance, exc,
             )  # fmt: skip
             return StoreStatus.ErrorCannotUnderstand, str(exc), False, 0
         if ids.sop_class_uid != sop_class:
@@ -793,28 +853,45 @@ class StorageScp:
                 0,
             )
         group_uid = ids.study_instance_uid if ae.grouping == "study" else ids.series_instance_uid
-        blob = file_preamble_and_meta(
-            sop_class, sop_instance, transfer_syntax, record.calling if record else ""
-        )
+        durable = self.settings.durability == "instance"
         try:
-            durable = self.settings.durability == "instance"
-            stored = self.spool.store(
-                ae.ae_title, ae.grouping, group_uid, sop_instance, blob + data, durable=durable
-            )
-            if not durable and record is not None:  # a duplicate may be another's unsynced copy
+            temp.finish(durable)
+            stored = self.spool.store_temp(
+                temp, ae.grouping, group_uid, sop_instance, dataset.size,
+                durable=durable, holds=record.holds,
+            )  # fmt: skip
+            if not durable:  # a duplicate may be another's unsynced copy
                 record.unsynced += 1
         except OSError as exc:
-            if exc.errno in _DISK_FULL:
-                log.error("spool full: C-STORE to %s refused (%s)", ae.ae_title, exc.strerror)
-                return StoreStatus.RefusedOutOfResources, "out of disk space", False, 0
-            log.error("spool write failed: C-STORE to %s refused (%s)", ae.ae_title, exc)
-            return StoreStatus.RefusedOutOfResources, "spool write failed", False, 0
+            return self._write_failed(ae.ae_title, exc)
         if stored and self._on_stored is not None:
             try:
                 self._on_stored(ae.ae_title, group_uid)
             except Exception:  # the instance is durable; the callback's failure is only logged
                 log.exception("on_stored callback failed for AE title %s", ae.ae_title)
-        return StoreStatus.Success, "", stored, len(data)
+        return StoreStatus.Success, "", stored, dataset.size
+
+    def _too_large(
+        self, record: _AssociationRecord, size: int, how: str
+    ) -> tuple[StoreStatus, str, bool, int]:
+        log.warning(
+            "C-STORE from %s at %s:%d refused: data set%s of more than %d bytes "
+            "(%d received; the limit is dicom.max_instance_mb = %d MiB)",
+            record.calling, record.peer, record.port, how, self.max_instance, size,
+            self.settings.max_instance_mb,
+        )  # fmt: skip
+        return StoreStatus.RefusedOutOfResources, "instance too large", False, 0
+
+    @staticmethod
+    def _write_failed(ae_title: str, exc: Exception) -> tuple[StoreStatus, str, bool, int]:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            log.error("spool full: C-STORE to %s refused (%s)", ae_title, exc.strerror)
+            return StoreStatus.RefusedOutOfResources, "out of disk space", False, 0
+        if isinstance(exc, OSError):
+            log.error("spool write failed: C-STORE to %s refused (%s)", ae_title, exc)
+            return StoreStatus.RefusedOutOfResources, "spool write failed", False, 0
+        log.warning("C-STORE to %s refused: %s", ae_title, exc)
+        return StoreStatus.ErrorCannotUnderstand, "invalid C-STORE request", False, 0
 
 
 def _shutdown(sock: Any) -> None:

@@ -17,12 +17,24 @@ nothing) and reaches the disk at the next :meth:`Spool.sync` (one ``syncfs`` for
 a whole association, instead of two fsyncs per instance).  A stored copy
 whose data set differs in size from a new copy of the same instance (one cut
 short by a power failure before it was synced) is replaced rather than kept as
-a duplicate.  A file is written under a unique temporary name
-(``.<sop>.dcm.<random>.tmp``), fsynced, then hard-linked to ``<sop>.dcm``: a
-link never replaces an existing file, so of several
+a duplicate.  A file is written under a unique temporary name in its AE title's
+folder (``incoming/<AET>/.<random>.tmp``: the receiver streams a data set there
+as it arrives, before it knows the group), fsynced, then hard-linked to
+``<group>/<sop>.dcm``: a link never replaces an existing file, so of several
 writers of one SOP instance (threads or processes) exactly one creates it and
 the others see a duplicate.  Listings show only complete ``.dcm`` files;
 temporary files left by a killed writer are ignored and cleaned up.
+
+When a group is quiet (:attr:`OpenGroup.last_activity`): the newest of its
+files' and folder's mtimes, of its marker's (see below) and of the AE title's
+*unplaced* temp files (``.<random>.unplaced.tmp``: an instance still arriving
+on an association that has stored nothing yet, so its group is not known; a
+write updates the mtime).  A group is *held* (:attr:`OpenGroup.held`) while an
+association that stored into it is open: a :class:`GroupHolds` keeps a shared
+``flock`` on the group's marker file (``.associations``) from the association's
+first store into the group to its end, and touches the marker when it lets go.
+The kernel drops the lock of a process that dies, so a crashed receiver holds
+nothing.  :meth:`Spool.close_group` never closes a held group.
 
 Closing a group renames its folder into ``closing/`` (atomic) while holding
 an exclusive ``flock`` on it; a writer names its file only under a shared lock
@@ -51,7 +63,7 @@ from pathlib import Path
 
 from clara_ray.dicom.config import check_ae_title
 
-__all__ = ["ClosingGroup", "OpenGroup", "Spool"]
+__all__ = ["ClosingGroup", "GroupHolds", "OpenGroup", "Spool", "TempFile"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +73,8 @@ _OPEN_NAME = re.compile(r"^(study|series)-([0-9.]{1,64})$")
 _CLOSING_NAME = re.compile(r"^(study|series)-([0-9.]{1,64})-([0-9]{1,16})$")
 _FILE_NAME = re.compile(r"^[0-9.]{1,64}\.dcm$")
 _TEMP_SUFFIX = ".tmp"
+_UNPLACED_SUFFIX = ".unplaced.tmp"
+_MARKER = ".associations"
 _AET_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _STORE_ATTEMPTS = 20
 _META_START = 132  # preamble and "DICM": the file meta group length element follows
@@ -78,8 +92,9 @@ class OpenGroup:
     grouping: str
     group_uid: str
     path: Path
-    last_activity: float  # epoch seconds: the newest of the folder's and its files' mtimes
+    last_activity: float  # epoch seconds: see the module docstring
     files: int  # complete instances
+    held: bool = False  # an open association stored into it: it must not close yet
 
 
 @dataclass(frozen=True)
@@ -172,9 +187,14 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
+def _temp_name(unplaced: bool) -> str:
+    return f".{uuid.uuid4().hex}{_UNPLACED_SUFFIX if unplaced else _TEMP_SUFFIX}"
+
+
 def _write_temp(dfd: int, name: str, data: bytes, durable: bool) -> str:
-    """Write ``data`` to a new uniquely named temp file in the folder (and fsync it)."""
-    temp = f".{name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+    """Write ``data`` (instance ``name``) to a new uniquely named temp file in the folder
+    (and fsync it)."""
+    temp = _temp_name(unplaced=False)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dfd)
     try:
         try:
@@ -198,6 +218,92 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _is_held(dfd: int) -> bool:
+    """Whether an association holds the group folder open as ``dfd`` (its marker is locked)."""
+    try:
+        fd = os.open(_MARKER, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the lock just taken
+    return False
+
+
+class GroupHolds:
+    """The groups one association stored into, held open until :meth:`release`.
+
+    Each group's hold is a shared ``flock`` on its marker file; closers only test it
+    (non-blocking), so many associations, in any process, hold one group at once.
+    Used from the association's thread only.
+    """
+
+    def __init__(self) -> None:
+        self._fds: dict[tuple[int, int], int] = {}
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def _hold(self, dfd: int) -> None:
+        st = os.fstat(dfd)
+        key = (st.st_dev, st.st_ino)
+        if key in self._fds:
+            return
+        fd = os.open(_MARKER, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fds[key] = fd
+
+    def release(self) -> None:
+        """Let go of every group; each one's quiet time starts now (idempotent)."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            try:
+                os.utime(fd)
+            except OSError as exc:  # the group then counts from its last file: only logged
+                log.warning("could not touch a group marker at association end: %s", exc)
+            finally:
+                os.close(fd)
+
+
+@dataclass
+class TempFile:
+    """A new temp file in an AE title's spool folder, open for writing (see Spool.create_temp)."""
+
+    dfd: int  # the AE title's folder, open
+    aet: str  # that folder's name
+    name: str
+    fd: int  # open for writing; -1 once finished
+
+    def finish(self, durable: bool) -> None:
+        """Close the file for writing (fsynced first if ``durable``)."""
+        fd, self.fd = self.fd, -1
+        if fd < 0:
+            return
+        try:
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Close and remove whatever is left of the file (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.dfd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.name, dir_fd=self.dfd)
+            os.close(self.dfd)
+            self.dfd = -1
 
 
 def _make_dir(path: Path) -> None:
@@ -234,22 +340,82 @@ class Spool:
         data: bytes,
         *,
         durable: bool = True,
+        holds: GroupHolds | None = None,
     ) -> bool:
         """Write ``data`` (a complete DICOM file) into the open group; fsynced if ``durable``.
 
-        Returns False, writing nothing, when the SOP instance is already in the open
-        group with a data set of the same size.  Raises ValueError for an invalid AE
-        title, grouping or UID, OSError when the disk fails (ENOSPC: out of space).
+        Returns False when the SOP instance is already in the open group with a data
+        set of the same size.  Raises ValueError for an invalid AE title, grouping or
+        UID, OSError when the disk fails (ENOSPC: out of space).
         """
         aet = aet_folder(called_ae)
         folder = f"{_check_grouping(grouping)}-{_check_uid('group_uid', group_uid)}"
         name = f"{_check_uid('sop_instance_uid', sop_instance_uid)}.dcm"
         parent = self.incoming / aet
+        _make_dir(parent)
+        afd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        temp = TempFile(afd, aet, _write_temp(afd, name, data, durable), -1)
+        size = _dataset_size(data[: _META_START + 12], len(data))
+        try:
+            return self._place(temp, aet, folder, name, size, durable, holds)
+        finally:
+            temp.discard()
+
+    def create_temp(self, called_ae: str, *, unplaced: bool) -> TempFile:
+        """A new, empty temp file in the AE title's folder, to write an arriving instance to.
+
+        ``unplaced``: its association holds no group yet, so while the file is being
+        written it counts as activity of every group of the AE title.
+        """
+        aet = aet_folder(called_ae)
+        parent = self.incoming / aet
+        _make_dir(parent)
+        afd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            name = _temp_name(unplaced)
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            fd = os.open(name, flags, 0o644, dir_fd=afd)
+        except BaseException:
+            os.close(afd)
+            raise
+        return TempFile(afd, aet, name, fd)
+
+    def store_temp(
+        self,
+        temp: TempFile,
+        grouping: str,
+        group_uid: str,
+        sop_instance_uid: str,
+        dataset_size: int,
+        *,
+        durable: bool = True,
+        holds: GroupHolds | None = None,
+    ) -> bool:
+        """Give a complete temp file from :meth:`create_temp` (closed with ``finish``) its
+        name in the open group, as :meth:`store` does; the temp file is discarded."""
+        try:
+            folder = f"{_check_grouping(grouping)}-{_check_uid('group_uid', group_uid)}"
+            name = f"{_check_uid('sop_instance_uid', sop_instance_uid)}.dcm"
+            return self._place(temp, temp.aet, folder, name, dataset_size, durable, holds)
+        finally:
+            temp.discard()
+
+    def _place(
+        self,
+        temp: TempFile,
+        aet: str,
+        folder: str,
+        name: str,
+        size: int,
+        durable: bool,
+        holds: GroupHolds | None,
+    ) -> bool:
+        parent = self.incoming / aet
         path = parent / folder
         for _ in range(_STORE_ATTEMPTS):
             dfd = self._open_group(parent, path)
             try:
-                stored = self._store_in(dfd, path, name, data, durable)
+                stored = self._store_in(dfd, path, name, temp, size, durable, holds)
             finally:
                 os.close(dfd)
             if stored is not None:
@@ -274,50 +440,54 @@ class Spool:
                 _make_dir(parent)
                 _make_dir(path)
 
-    def _store_in(self, dfd: int, path: Path, name: str, data: bytes, durable: bool) -> bool | None:
+    def _store_in(
+        self,
+        dfd: int,
+        path: Path,
+        name: str,
+        temp: TempFile,
+        size: int,
+        durable: bool,
+        holds: GroupHolds | None,
+    ) -> bool | None:
         """Store into the folder open as ``dfd``; None when it is no longer the open group.
 
-        The temp file is written (and fsynced) first; then, under a shared lock on the
+        The temp file is complete (and fsynced) already; under a shared lock on the
         folder (close_group takes it exclusively to rename), the folder is checked to still
-        be the open group before the file gets its name: a file is never named in a folder
-        that a closer has already renamed, so each instance lands in exactly one group.
+        be the open group before ``holds`` takes the group and the file gets its name: a
+        file is never named in a folder that a closer has already renamed, so each
+        instance lands in exactly one group, and a group that a closer found not held
+        cannot become held before it is renamed.
         """
-        temp: str | None = None
         try:
             stored_size = _stored_dataset_size(dfd, name)
-            if stored_size != _dataset_size(data[: _META_START + 12], len(data)):
-                temp = _write_temp(dfd, name, data, durable)
             fcntl.flock(dfd, fcntl.LOCK_SH)
             try:
                 if not self._still_open(dfd, path):
                     return None
-                if temp is None:
+                if holds is not None:
+                    holds._hold(dfd)
+                if stored_size == size:
                     stored = False
                 elif stored_size is None:
-                    stored = self._publish(dfd, temp, name)
+                    stored = self._publish(temp.dfd, temp.name, dfd, name)
                 else:  # a different (or cut short) copy: the new one replaces it
-                    os.rename(temp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-                    temp, stored = None, True
-                if temp is not None:
-                    os.unlink(temp, dir_fd=dfd)
-                    temp = None
+                    os.rename(temp.name, name, src_dir_fd=temp.dfd, dst_dir_fd=dfd)
+                    stored = True
                 if durable:
                     os.fsync(dfd)
                 return stored
             finally:
                 fcntl.flock(dfd, fcntl.LOCK_UN)
-        except FileNotFoundError:  # the folder was removed, or the temp cleaned up as stale
+        except FileNotFoundError:  # the folder was removed meanwhile
             return None
-        finally:
-            if temp is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp, dir_fd=dfd)
 
     @staticmethod
-    def _publish(dfd: int, temp: str, name: str) -> bool:
-        """Give the complete temp file its final name; False if that name exists."""
+    def _publish(tdfd: int, temp: str, dfd: int, name: str) -> bool:
+        """Give the complete temp file (in folder ``tdfd``) its final name in folder ``dfd``;
+        False if that name exists."""
         try:
-            os.link(temp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            os.link(temp, name, src_dir_fd=tdfd, dst_dir_fd=dfd)
             return True
         except FileExistsError:
             return False
@@ -328,7 +498,7 @@ class Spool:
             os.stat(name, dir_fd=dfd)
             return False
         except FileNotFoundError:
-            os.rename(temp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            os.rename(temp, name, src_dir_fd=tdfd, dst_dir_fd=dfd)
             return True
 
     @staticmethod
@@ -347,13 +517,15 @@ class Spool:
         groups = []
         now = time.time()
         for aet_entry, called_ae in self._aet_folders(self.incoming):
-            for entry in _scandir(aet_entry.path):
+            entries = _scandir(aet_entry.path)
+            unplaced = self._scan_temps(entries, now)
+            for entry in entries:
                 match = _OPEN_NAME.match(entry.name)
                 if not match or not entry.is_dir(follow_symlinks=False):
                     continue
-                count, newest = self._scan_group(Path(entry.path), now)
+                count, newest, held = self._scan_group(Path(entry.path), now)
                 if count == 0:
-                    if now - newest > self.stale_temp_seconds:
+                    if now - newest > self.stale_temp_seconds and not held:
                         _remove_empty(Path(entry.path))
                     continue
                 groups.append(
@@ -362,33 +534,58 @@ class Spool:
                         grouping=match.group(1),
                         group_uid=match.group(2),
                         path=Path(entry.path),
-                        last_activity=newest,
+                        last_activity=max(newest, unplaced),
                         files=count,
+                        held=held,
                     )
                 )
         return sorted(groups, key=lambda g: (g.called_ae, g.grouping, g.group_uid))
 
-    def _scan_group(self, path: Path, now: float) -> tuple[int, float]:
-        """(complete files, newest mtime of the folder and its entries); removes stale temps."""
+    def _scan_temps(self, entries: list[os.DirEntry[str]], now: float) -> float:
+        """The newest mtime of the AE title's unplaced temp files (0 if none); removes
+        stale temp files."""
+        newest = 0.0
+        for entry in entries:
+            if not entry.name.endswith(_TEMP_SUFFIX):
+                continue
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if now - mtime > self.stale_temp_seconds:
+                _unlink_quietly(Path(entry.path))
+            elif entry.name.endswith(_UNPLACED_SUFFIX):
+                newest = max(newest, mtime)
+        return newest
+
+    def _scan_group(self, path: Path, now: float) -> tuple[int, float, bool]:
+        """(complete files, newest mtime of the folder, its files and its marker, held);
+        removes stale temps."""
         try:
-            newest = path.stat().st_mtime
+            dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return 0, now
+            return 0, now, False
+        try:
+            newest = os.fstat(dfd).st_mtime
+            held = _is_held(dfd)
+        finally:
+            os.close(dfd)
         count = 0
         for entry in _scandir(str(path)):
             try:
                 mtime = entry.stat(follow_symlinks=False).st_mtime
             except FileNotFoundError:
                 continue
-            if _FILE_NAME.match(entry.name):
-                count += 1
+            if _FILE_NAME.match(entry.name) or entry.name == _MARKER:
+                count += entry.name != _MARKER
                 newest = max(newest, mtime)
             elif entry.name.endswith(_TEMP_SUFFIX) and now - mtime > self.stale_temp_seconds:
                 _unlink_quietly(Path(entry.path))
-        return count, newest
+        return count, newest, held
 
     def close_group(self, group: OpenGroup, closed_at: float) -> ClosingGroup | None:
-        """Rename the group's folder into ``closing/`` atomically; None if it is gone."""
+        """Rename the group's folder into ``closing/`` atomically; None if it is gone or
+        held by an open association."""
         aet = aet_folder(group.called_ae)
         folder = f"{_check_grouping(group.grouping)}-{_check_uid('group_uid', group.group_uid)}"
         source = self.incoming / aet / folder
@@ -402,6 +599,8 @@ class Spool:
             fcntl.flock(sfd, fcntl.LOCK_EX)  # waits for writers naming a file in the folder
             if not self._still_open(sfd, source):
                 return None  # closed meanwhile (this folder, if any, is a newer group)
+            if _is_held(sfd):
+                return None  # an open association stored into it: not closed yet
             return self._rename_to_closing(group, source, target_parent, folder, closed_at)
         finally:
             os.close(sfd)  # releases the lock
@@ -508,8 +707,21 @@ def _unlink_quietly(path: Path) -> None:
 
 
 def _remove_empty(path: Path) -> None:
+    """Remove a group folder holding no instance (and at most an unheld marker)."""
     try:
-        path.rmdir()
-    except OSError:  # not empty any more (a writer just started), or gone
+        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
         return
+    try:
+        fcntl.flock(dfd, fcntl.LOCK_EX)  # no writer takes the marker meanwhile
+        if _is_held(dfd):
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_MARKER, dir_fd=dfd)
+        try:
+            path.rmdir()
+        except OSError:  # not empty any more (a writer just started), or gone
+            return
+    finally:
+        os.close(dfd)
     _fsync_dir(path.parent)

@@ -163,6 +163,33 @@ def test_twenty_concurrent_senders_make_one_payload_and_one_job(platform, adapte
     assert payload.files == len(sop_uids)
 
 
+def test_a_slow_sender_on_one_association_makes_one_payload_and_one_job(
+    platform, adapter, settings, study
+):
+    from tests.peer.dicom_helpers import NODELAY_HANDLERS, scu_ae
+
+    folder, sop_uids = study
+    configure(platform, "ct-lung-bone.yaml", timeout=2.0)
+    wait_for(lambda: ray.get(adapter.status.remote())["aetitles"] == ["CLARA"], 30, "config reload")
+    files = sorted(folder.iterdir())
+    assoc = scu_ae("SLOWCT").associate(
+        "127.0.0.1", settings.dicom.port, ae_title="CLARA", evt_handlers=NODELAY_HANDLERS
+    )
+    assert assoc.is_established
+    try:
+        for i, path in enumerate(files):
+            assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0
+            if i in (0, len(files) // 2):
+                time.sleep(4.5)  # quieter than the AE title's 2 s timeout, twice
+    finally:
+        assoc.release()
+    job = wait_for(lambda: next(iter(jobs_of(platform)), None), what="the job")
+    time.sleep(4)  # longer than the group timeout: a second group would have closed by now
+    assert len(jobs_of(platform)) == 1
+    payload = platform.call("get_payload", job.payload_id)
+    assert payload.files == len(sop_uids)
+
+
 def test_adapter_killed_after_success_loses_nothing_and_creates_one_job(
     platform, adapter, settings, study
 ):

@@ -235,7 +235,7 @@ def test_handler_errors_become_failure_statuses(
 ) -> None:
     files = write_study(tmp_path / "study", slices=3, size=32)
     calls = {"n": 0}
-    real_store = Spool.store
+    real_store = Spool.store_temp
 
     def flaky(self: Spool, *args: object, **kwargs: object) -> bool:
         calls["n"] += 1
@@ -245,7 +245,7 @@ def test_handler_errors_become_failure_statuses(
             raise RuntimeError("bug")
         return real_store(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Spool, "store", flaky)
+    monkeypatch.setattr(Spool, "store_temp", flaky)
     with running_scp(tmp_path) as running:
         assoc = scu_ae().associate(
             "127.0.0.1", running.port, ae_title="CLARA", evt_handlers=NODELAY_HANDLERS

@@ -15,7 +15,7 @@ import pytest
 
 from clara_ray.dicom import spool as spool_module
 from clara_ray.dicom.scp import file_preamble_and_meta
-from clara_ray.dicom.spool import ClosingGroup, Spool, aet_folder
+from clara_ray.dicom.spool import ClosingGroup, GroupHolds, Spool, aet_folder
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 ROOT = Path(__file__).resolve().parents[2]
@@ -330,3 +330,106 @@ def test_foreign_folders_are_ignored(spool: Spool) -> None:
 
 def test_free_bytes_is_positive(spool: Spool) -> None:
     assert spool.free_bytes() > 0
+
+
+def test_a_group_held_by_an_open_association_does_not_close(spool: Spool) -> None:
+    holds = GroupHolds()
+    assert spool.store("CLARA", "study", STUDY, "1.2.3.1", _blob(1), holds=holds) is True
+    assert spool.store("CLARA", "study", STUDY, "1.2.3.2", _blob(2), holds=holds) is True
+    old = time.time() - 3600
+    folder = spool.root / "incoming" / "CLARA" / f"study-{STUDY}"
+    for path in (folder, *folder.iterdir()):
+        os.utime(path, (old, old))  # quiet for an hour, but the association is still open
+    (group,) = spool.open_groups()
+    assert group.held and group.files == 2
+    assert spool.close_group(group, time.time()) is None
+    assert spool.open_groups()[0].path == folder
+
+    released_at = time.time()
+    holds.release()
+    (group,) = spool.open_groups()
+    assert not group.held
+    assert group.last_activity >= released_at - 1  # the quiet time starts at the release
+    closing = spool.close_group(group, time.time())
+    assert closing is not None
+    assert [p.name for p in spool.files(closing.path)] == ["1.2.3.1.dcm", "1.2.3.2.dcm"]
+
+
+def test_an_association_holds_only_the_groups_it_stored_into(spool: Spool) -> None:
+    holds = GroupHolds()
+    spool.store("CLARA", "series", "1.2.1", "1.2.3.1", _blob(1), holds=holds)
+    spool.store("CLARA", "series", "1.2.2", "1.2.3.2", _blob(2))
+    assert [(g.group_uid, g.held) for g in spool.open_groups()] == [
+        ("1.2.1", True),
+        ("1.2.2", False),
+    ]
+    holds.release()
+    holds.release()  # idempotent
+    assert [g.held for g in spool.open_groups()] == [False, False]
+
+
+def test_a_killed_receiver_holds_no_group(spool: Spool) -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from clara_ray.dicom.spool import GroupHolds, Spool
+        holds = GroupHolds()
+        Spool(Path({str(spool.root)!r})).store(
+            "CLARA", "study", {STUDY!r}, "1.2.3.1", b"x" * 1000, holds=holds
+        )
+        print("stored", flush=True)
+        sys.stdin.read()
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "stored\n"
+        (group,) = spool.open_groups()
+        assert group.held  # held by another process
+        proc.kill()
+        proc.wait(timeout=30)
+        (group,) = spool.open_groups()
+        assert not group.held  # the kernel dropped the dead process's lock
+        assert spool.close_group(group, time.time()) is not None
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_an_instance_still_arriving_keeps_its_ae_titles_groups_active(spool: Spool) -> None:
+    spool.store("CLARA", "study", STUDY, "1.2.3.1", _blob(1))
+    spool.store("OTHER", "study", STUDY, "1.2.3.1", _blob(1))
+    old = time.time() - 3600
+    for folder in (spool.root / "incoming").glob("*/study-*"):
+        for path in (folder, *folder.iterdir()):
+            os.utime(path, (old, old))
+    placed = spool.create_temp("CLARA", unplaced=False)  # its association holds its group
+    os.write(placed.fd, b"part of an instance")
+    assert all(g.last_activity <= old + 1 for g in spool.open_groups())
+
+    arriving = spool.create_temp("CLARA", unplaced=True)  # its group is not known yet
+    os.write(arriving.fd, b"part of an instance")
+    by_ae = {g.called_ae: g for g in spool.open_groups()}
+    assert by_ae["CLARA"].last_activity >= time.time() - 60
+    assert by_ae["OTHER"].last_activity <= old + 1
+    for temp in (placed, arriving):
+        temp.discard()
+    assert _temp_files(spool.root) == []
+    assert all(g.last_activity <= old + 1 for g in spool.open_groups())
+
+
+def test_a_streamed_temp_file_is_stored_into_its_group(spool: Spool) -> None:
+    data = _blob(7)
+    temp = spool.create_temp("CLARA", unplaced=True)
+    os.write(temp.fd, data)
+    temp.finish(durable=True)
+    holds = GroupHolds()
+    assert spool.store_temp(temp, "study", STUDY, "1.2.3.7", len(data), holds=holds) is True
+    (group,) = spool.open_groups()
+    assert group.held and [p.read_bytes() for p in spool.files(group.path)] == [data]
+    assert _temp_files(spool.root) == []
+    holds.release()

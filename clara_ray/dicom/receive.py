@@ -1,0 +1,156 @@
+"""C-STORE data sets written to the spool as they arrive, never held in memory.
+
+pynetdicom's DIMSE layer collects a request's data set by calling ``write`` on
+the message's ``data_set`` (a ``BytesIO``) once per P-DATA fragment, in the
+association's DUL thread.  The receiver puts a :class:`StreamedDataset` there
+instead (``_PromptDimse.receive_primitive`` in :mod:`clara_ray.dicom.scp`): at
+the first fragment of a C-STORE request it opens a spool temp file
+(:meth:`~clara_ray.dicom.spool.Spool.create_temp`) and writes the preamble and
+File Meta Information, then appends each fragment as it comes.  The C-STORE
+handler then finds the whole instance in that file: it checks it through a
+read-only ``mmap`` and gives it its name in the group (one hard link), with no
+copy of the data set in the process.
+
+A data set larger than ``limit`` bytes stops being written at the fragment that
+crosses it (the file is removed; later fragments are only counted), so the
+handler can refuse it without ever having stored it.  Nothing here raises into
+pynetdicom's DUL thread: a failure to open or write the file is kept in
+:attr:`StreamedDataset.error` for the handler to answer with a failure status.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any
+
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+
+from clara_ray.dicom.spool import TempFile
+
+__all__ = ["StreamedDataset", "file_preamble_and_meta", "printable"]
+
+Opener = Callable[[C_STORE_RQ], tuple[TempFile, bytes]]
+"""Opens the temp file of a C-STORE request and returns it with the file's header."""
+
+
+def printable(text: str, limit: int) -> str:
+    return "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in text)[:limit]
+
+
+def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2s2xL", group, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
+
+
+def _even(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def file_preamble_and_meta(
+    sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str
+) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group for a received data set."""
+    body = b"".join(
+        (
+            _element(2, 0x0001, b"OB", b"\x00\x01"),
+            _element(2, 0x0002, b"UI", _even(sop_class, b"\x00")),
+            _element(2, 0x0003, b"UI", _even(sop_instance, b"\x00")),
+            _element(2, 0x0010, b"UI", _even(transfer_syntax, b"\x00")),
+            _element(2, 0x0012, b"UI", _even(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+            _element(2, 0x0013, b"SH", _even(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+            _element(2, 0x0016, b"AE", _even(printable(source_ae, 16) or "UNKNOWN", b" ")),
+        )
+    )
+    return b"\x00" * 128 + b"DICM" + _element(2, 0x0000, b"UL", struct.pack("<L", len(body))) + body
+
+
+class StreamedDataset(BytesIO):
+    """The data set of one DIMSE message; for a C-STORE request, a spool temp file.
+
+    A ``BytesIO`` only because pynetdicom's primitives accept nothing else; for a
+    C-STORE request it keeps no byte in memory.  Other messages (none carry a data
+    set to this receiver) fall back to plain ``BytesIO`` behaviour.
+    """
+
+    def __init__(self, message: DIMSEMessage, opener: Opener, limit: int) -> None:
+        super().__init__()
+        self._message: DIMSEMessage | None = message
+        self._opener = opener
+        self._lock = threading.Lock()
+        self._in_memory = False
+        self.limit = limit
+        self.temp: TempFile | None = None
+        self.header_length = 0  # preamble and file meta, before the data set in the file
+        self.size = 0  # data set bytes received, written or not
+        self.too_large = False
+        self.error: Exception | None = None
+
+    def write(self, data: Any) -> int:
+        if self._in_memory:
+            return super().write(data)
+        view = memoryview(data)
+        with self._lock:
+            if self._message is not None and not self._start():
+                return super().write(data)
+            self.size += len(view)
+            temp = self.temp
+            if temp is None or temp.fd < 0:
+                return len(view)
+            if self.size > self.limit:
+                self.too_large = True
+                self._drop()
+                return len(view)
+            try:
+                _write_all(temp.fd, view)
+            except OSError as exc:
+                self.error = exc
+                self._drop()
+        return len(view)
+
+    def _start(self) -> bool:
+        """Open the temp file at the first fragment; False for a message that is no C-STORE."""
+        message, self._message = self._message, None
+        if not isinstance(message, C_STORE_RQ):
+            self._in_memory = True
+            return False
+        try:
+            temp, header = self._opener(message)
+        except Exception as exc:  # kept for the handler: never raised into the DUL thread
+            self.error = exc
+            return True
+        self.temp = temp
+        self.header_length = len(header)
+        try:
+            _write_all(temp.fd, memoryview(header))
+        except OSError as exc:
+            self.error = exc
+            self._drop()
+        return True
+
+    def _drop(self) -> None:
+        temp, self.temp = self.temp, None
+        if temp is not None:
+            temp.discard()
+
+    def take(self) -> TempFile | None:
+        """The complete temp file, now the caller's to store or discard."""
+        with self._lock:
+            temp, self.temp = self.temp, None
+        return temp
+
+    def discard(self) -> None:
+        """Remove the temp file if it is still there (idempotent; any thread)."""
+        with self._lock:
+            self._drop()
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
