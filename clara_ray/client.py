@@ -128,18 +128,23 @@ class PlatformClient:
     def wait_job(
         self, job_id: str, timeout: float | None = None, poll: float = 0.5
     ) -> dict[str, Any]:
-        """Describe the job once it has stopped; TimeoutError if it has not by ``timeout``."""
+        """Describe the job once it has stopped; TimeoutError if it has not by ``timeout``.
+
+        Polls the job record alone (cheap); the full description, with its listing of
+        the results, is asked for once, at the end.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            described: dict[str, Any] = self.call("describe_job", job_id)
-            if described["state"] == str(JobState.STOPPED):
+            job: JobRecord = self.call("get_job", job_id)
+            if job.state is JobState.STOPPED:
+                described: dict[str, Any] = self.call("describe_job", job_id)
                 return described
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {described['state']} after {timeout} s")
+                raise TimeoutError(f"job {job_id} still {job.state} after {timeout} s")
             time.sleep(poll)
 
     def logs(self, job_id: str, operator: str | None = None) -> dict[str, str]:
-        described = self.call("describe_job", job_id)
+        described = self.call("describe_job", job_id, results=False)
         names = [op["name"] for op in described["operators"]]
         if operator is not None and operator not in names:
             raise NotFoundError(

@@ -125,6 +125,16 @@ def echo_destination(args: argparse.Namespace) -> int:
     return 0
 
 
+def resend_export(args: argparse.Namespace) -> int:
+    rec = platform.connect(args.settings).call("resend_export", args.export_id)
+    emit(
+        args.json,
+        rec.to_dict(),
+        f"export {rec.export_id} to {rec.destination}: {rec.state} (sent again)",
+    )
+    return 0
+
+
 def list_exports(args: argparse.Namespace) -> int:
     recs = platform.connect(args.settings).call("list_exports", args.job, args.state)
     emit(
@@ -191,6 +201,9 @@ def add_parsers(verbs: Any, common: argparse.ArgumentParser, lst: Any) -> None:
     p = actions.add_parser("echo", help="C-ECHO a destination from the adapter", parents=[common])
     p.add_argument("destination")
     p.set_defaults(func=echo_destination)
+    p = actions.add_parser("resend", help="send a Failed export again", parents=[common])
+    p.add_argument("export_id", help="export id, or a unique prefix (`clara-ray list exports`)")
+    p.set_defaults(func=resend_export)
     p = lst.add_parser("exports", help="list exports of DICOM results", parents=[common])
     p.add_argument("--job", help="only this job's")
     p.add_argument("--state", choices=["Pending", "InProgress", "Succeeded", "Failed"])

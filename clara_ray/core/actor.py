@@ -7,10 +7,12 @@ import threading
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from clara_ray.core.model import JobRecord
-from clara_ray.core.service import CoreService
+from clara_ray.core.service import CoreService, LaunchUnconfirmed
 from clara_ray.core.store import SQLiteStore
+from clara_ray.phi import keep_patient_data_out_of_logs
 from clara_ray.runner.job_runner import RUNNER_HOST_NAME, JobRunnerHost, RunnerConfig
 from clara_ray.settings import Settings
 from clara_ray.storage import Storage
@@ -26,6 +28,7 @@ __all__ = [
 CORE_ACTOR_NAME = "clara-core"
 _RECONCILE_SECONDS = 5.0
 _HOST_CALL_SECONDS = 60.0
+_LIVENESS_SECONDS = 10.0
 _SERVICE_METHODS = (
     "create_pipeline",
     "get_pipeline",
@@ -53,12 +56,17 @@ _SERVICE_METHODS = (
     "export_finished",
     "get_export",
     "list_exports",
+    "resend_export",
 )
 log = logging.getLogger(__name__)
 
 
 class RayRunnerLauncher:
-    """Runs jobs in the namespace's :class:`JobRunnerHost` (``clara-runners``)."""
+    """Runs jobs in the namespace's :class:`JobRunnerHost` (``clara-runners``).
+
+    The host keeps the final reports it could not deliver in an outbox next to
+    the state database (both live on the head node).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -71,7 +79,11 @@ class RayRunnerLauncher:
             lifetime="detached",
             get_if_exists=True,
             **on_head_node(),
-        ).remote()
+        ).remote(
+            str(self.settings.database.parent / "runner-outbox.db"),
+            CORE_ACTOR_NAME,
+            self.settings.ray.namespace,
+        )
 
     def launch(self, job: JobRecord) -> None:
         config = RunnerConfig(
@@ -89,7 +101,10 @@ class RayRunnerLauncher:
             gpu_fallback=self.settings.core.gpu_fallback,
             runtime_env=job.runtime_env or None,
         )
-        ray.get(self.host().start.remote(config), timeout=_HOST_CALL_SECONDS)
+        try:
+            ray.get(self.host().start.remote(config), timeout=_HOST_CALL_SECONDS)
+        except (GetTimeoutError, RayActorError) as exc:  # the start may still happen
+            raise LaunchUnconfirmed(f"{type(exc).__name__}: {exc}") from exc
 
     def _existing_host(self) -> Any:
         try:
@@ -97,15 +112,17 @@ class RayRunnerLauncher:
         except ValueError:
             return None
 
-    def is_alive(self, job_id: str) -> bool:
+    def running_jobs(self) -> set[str] | None:
+        """The host's jobs (running, or holding a final report); an empty set when there is
+        no host at all; None when the host does not answer in time (unknown)."""
         host = self._existing_host()
         if host is None:
-            return False
+            return set()
         try:
-            return bool(ray.get(host.running.remote(job_id), timeout=_HOST_CALL_SECONDS))
-        except ray.exceptions.RayError as exc:
-            log.warning("runner host unreachable while checking job %s: %s", job_id, exc)
-            return False
+            return set(ray.get(host.jobs.remote(), timeout=_LIVENESS_SECONDS))
+        except RayError as exc:
+            log.warning("runner host did not say which jobs it runs; deciding nothing: %s", exc)
+            return None
 
     def cancel(self, job_id: str) -> None:
         host = self._existing_host()
@@ -117,6 +134,7 @@ class CoreActor:
     """Reloads all state from the store in ``__init__``, so Ray may restart it at any time."""
 
     def __init__(self, settings: Settings) -> None:
+        keep_patient_data_out_of_logs()
         logging.basicConfig(level=settings.log_level)
         self.settings = settings
         self.service = CoreService(

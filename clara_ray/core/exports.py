@@ -5,7 +5,12 @@ When a job ends Healthy, each export manifest it wrote (see
 DICOM adapter claims a Pending record (with a lease, so a record claimed by an
 adapter that died is claimed again), sends it, and reports the outcome; a
 failed attempt goes back to Pending with a later ``next_attempt_at`` until the
-attempts run out.
+attempts run out.  A Failed export can be sent again (:meth:`resend_export`).
+
+The records are written in the same unit of work that stops the job Healthy,
+and the job is marked ``exports_created`` with them: a Healthy job either has
+its exports recorded or, if it was stopped by an older version that lost them,
+is found by ``CoreService.recover`` and gets them then.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clara_ray.core.model import JobRecord, _CodedValue, _plain
-from clara_ray.errors import ClaraError, NotFoundError
+from clara_ray.errors import ClaraError, ConflictError, NotFoundError
 from clara_ray.export_manifest import find_manifests
 
 __all__ = ["ExportRecord", "ExportState", "ExportsMixin"]
@@ -61,6 +66,14 @@ class ExportsMixin:
     _clock: Any
 
     def _create_exports(self, job: JobRecord) -> list[ExportRecord]:
+        """Record one export per manifest and destination of a Healthy job, and mark the job.
+
+        Run inside the unit of work that records the job's Healthy stop (or the one
+        that repairs a job stopped without exports).  Manifests that cannot be read
+        (a ClaraError) leave one Failed record saying why.  Any other error (storage
+        unreachable, an S3 listing that failed) propagates: the unit of work rolls
+        back, and the transition is made again when the report is retried.
+        """
         now = self._clock()
         destinations = {d.name for d in self.dicom_config().destinations}  # type: ignore[attr-defined]
         created = []
@@ -115,31 +128,52 @@ class ExportsMixin:
                     len(rec.files),
                     rec.state,
                 )
+        job.exports_created = True
+        self.store.put_job(job)
         return created
 
-    def claim_export(self, worker: str, lease_seconds: float = 120.0) -> dict[str, Any] | None:
+    def claim_export(
+        self,
+        worker: str,
+        lease_seconds: float = 120.0,
+        claim_id: str | None = None,
+        destination: str | None = None,
+    ) -> dict[str, Any] | None:
         """The next export due (Pending and due, or InProgress with an expired lease),
-        marked InProgress for ``lease_seconds``, with its destination's configuration."""
+        marked InProgress for ``lease_seconds``, with its destination's configuration;
+        with ``destination``, only an export to that destination.
+
+        ``claim_id``, chosen by the caller once per claim, makes a retried call (Ray
+        retries calls to a restarted Core) answer the export it claimed the first time
+        instead of handing out a second one.
+        """
         now = self._clock()
+        if claim_id is not None:
+            for rec in self.store.list_exports(states=(str(ExportState.IN_PROGRESS),)):
+                if rec.details.get("claim") != claim_id:
+                    continue
+                target = self.dicom_config().destination(rec.destination)  # type: ignore[attr-defined]
+                if target is not None:
+                    return {"export": rec, "destination": target.model_dump()}
         for rec in self.store.list_exports(
             states=(str(ExportState.PENDING), str(ExportState.IN_PROGRESS))
         ):
             due = (rec.state is ExportState.PENDING and rec.next_attempt_at <= now) or (
                 rec.state is ExportState.IN_PROGRESS and (rec.lease_until or 0) < now
             )
-            if not due:
+            if not due or (destination is not None and rec.destination != destination):
                 continue
-            destination = self.dicom_config().destination(rec.destination)  # type: ignore[attr-defined]
-            if destination is None:
+            target = self.dicom_config().destination(rec.destination)  # type: ignore[attr-defined]
+            if target is None:
                 self._finish(
                     rec, ExportState.FAILED, f"destination '{rec.destination}' was deleted"
                 )
                 continue
             rec.state, rec.attempts = ExportState.IN_PROGRESS, rec.attempts + 1
             rec.lease_until, rec.updated_at = now + lease_seconds, now
-            rec.details = {**rec.details, "worker": worker}
+            rec.details = {**rec.details, "worker": worker, "claim": claim_id}
             self.store.put_export(rec)
-            return {"export": rec, "destination": destination.model_dump()}
+            return {"export": rec, "destination": target.model_dump()}
         return None
 
     def export_finished(
@@ -184,6 +218,41 @@ class ExportsMixin:
             f" ({reason})" if reason else "",
         )
         return rec
+
+    def resend_export(self, export_id: str) -> ExportRecord:
+        """Send a Failed export again: Pending and due now, attempts counted from zero.
+
+        ``export_id`` may be a unique prefix (as `clara-ray list exports` shows it).
+        """
+        rec = self._find_export(export_id)
+        if rec.state is not ExportState.FAILED:
+            raise ConflictError(
+                f"export {rec.export_id} is {rec.state}; only a Failed export can be resent"
+            )
+        if rec.operator == "-":
+            raise ConflictError(
+                f"export {rec.export_id} has nothing to send: job {rec.job_id}'s export "
+                f"manifests could not be read ({rec.reason}); run the pipeline again as a new job"
+            )
+        now = self._clock()
+        rec.state, rec.attempts, rec.reason, rec.sent = ExportState.PENDING, 0, None, 0
+        rec.next_attempt_at, rec.lease_until, rec.updated_at = now, None, now
+        self.store.put_export(rec)
+        log.info("export %s to %s: resent", rec.export_id, rec.destination)
+        return rec
+
+    def _find_export(self, ref: str) -> ExportRecord:
+        rec = self.store.get_export(ref)
+        if rec is not None:
+            return rec
+        matches = [e for e in self.store.list_exports() if ref and e.export_id.startswith(ref)]
+        if len(matches) > 1:
+            raise ConflictError(
+                f"export id prefix '{ref}' matches {len(matches)} exports; give more characters"
+            )
+        if not matches:
+            return self.get_export(ref)
+        return matches[0]
 
     def get_export(self, export_id: str) -> ExportRecord:
         rec = self.store.get_export(export_id)

@@ -141,6 +141,7 @@ class JobRecord:
     queued_at: float | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    exports_created: bool = False  # a Healthy job's exports are recorded (see core.exports)
 
     @property
     def duration(self) -> float | None:

@@ -2,18 +2,27 @@
 
 Plain code, free of Ray: the Ray actor in :mod:`clara_ray.core.actor` only
 adapts it, and a :class:`RunnerLauncher` starts and stops job runners.  Every
-transition is persisted before a method returns; every method is idempotent
-(ids are chosen by the caller, and repeating a call with the same id returns
-the existing record).
+transition is persisted before a method returns, a transition of several rows
+in one unit of work; every method is idempotent (ids are chosen by the caller,
+and repeating a call with the same id returns the existing record).
+
+Nothing that waits on Ray runs under the Core's lock: an admitted job is
+recorded Running at once and its runner is started by a launch thread of its
+own; liveness is one question to the launcher per :meth:`CoreService.recover`,
+asked outside the lock, and an answer it cannot get ("unknown") decides
+nothing.  Only a definite answer (the runner host answered without the job, or
+there is no host) makes a job lost.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -29,21 +38,39 @@ from clara_ray.core.model import (
     PipelineRecord,
 )
 from clara_ray.core.store import Store
-from clara_ray.errors import ConflictError, NotFoundError
+from clara_ray.errors import ClaraError, ConflictError, NotFoundError
 from clara_ray.pipeline import parse_pipeline, resolve_pipeline
 from clara_ray.storage import Storage
 
-__all__ = ["CoreService", "RunnerLauncher"]
+__all__ = ["CoreService", "LaunchUnconfirmed", "RunnerLauncher"]
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+_LAUNCH_QUEUE_SIZE = 1024
+_RESULTS_CACHE_SIZE = 256
+
+
+class LaunchUnconfirmed(Exception):
+    """The launcher cannot tell whether the runner started (its call timed out, say).
+
+    Starting a job that already runs is a no-op, so the Core keeps the job
+    Running and lets :meth:`CoreService.recover` confirm it or start it again.
+    """
 
 
 class RunnerLauncher(Protocol):
-    """Starts, probes and stops the runner of a job (a Ray actor in production)."""
+    """Starts, lists and stops job runners (a Ray actor in production).
+
+    ``launch`` may block: the Core calls it from its launch thread, never under
+    its lock.  It raises :class:`LaunchUnconfirmed` when the start may or may
+    not have happened, anything else when it definitely failed.
+    ``running_jobs`` names the jobs whose runners run, or hold a final report
+    not yet delivered to the Core; ``None`` when that cannot be known now (the
+    runner host is slow or unreachable).
+    """
 
     def launch(self, job: JobRecord) -> None: ...
-    def is_alive(self, job_id: str) -> bool: ...
+    def running_jobs(self) -> set[str] | None: ...
     def cancel(self, job_id: str) -> None: ...
 
 
@@ -72,6 +99,12 @@ class CoreService(ExportsMixin, DicomRegistryMixin):
         self.max_concurrent_jobs = max_concurrent_jobs
         self._clock = clock
         self._lock = threading.RLock()
+        self._launches: queue.Queue[str] = queue.Queue(maxsize=_LAUNCH_QUEUE_SIZE)
+        self._launcher_thread: threading.Thread | None = None
+        self._launching: set[str] = set()  # queued or being launched
+        self._launch_seq = 0  # counts finished launches
+        self._launched: dict[str, int] = {}  # job id -> _launch_seq when its launch finished
+        self._results_cache: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
 
     # -- pipelines -------------------------------------------------------------
     @_locked
@@ -223,9 +256,10 @@ class CoreService(ExportsMixin, DicomRegistryMixin):
             runtime_env=dict(runtime_env or {}),
             created_at=now,
         )
-        self.store.put_job(job)
-        for op in resolved.operators:
-            self.store.put_operator(OperatorRecord(job_id=job_id, name=op.name))
+        with self.store.transaction():
+            self.store.put_job(job)
+            for op in resolved.operators:
+                self.store.put_operator(OperatorRecord(job_id=job_id, name=op.name))
         log.info("job %s (%s) created on payload %s", job_id, job.pipeline, job.payload_id)
         return job
 
@@ -237,16 +271,33 @@ class CoreService(ExportsMixin, DicomRegistryMixin):
         return rec
 
     @_locked
-    def describe_job(self, job_id: str) -> dict[str, Any]:
+    def describe_job(self, job_id: str, *, results: bool = True) -> dict[str, Any]:
+        """The job with its operators, its exports and, unless ``results`` is False, the
+        files in its results (a storage listing; kept for stopped jobs, whose results
+        no longer change)."""
         job = self.get_job(job_id)
-        return {
+        described = {
             **job.to_dict(),
             "operators": [op.to_dict() for op in self.store.list_operators(job_id)],
             "exports": [e.to_dict() for e in self.store.list_exports(job_id=job_id)],
-            "results": [
-                {"path": f.path, "size": f.size} for f in self.storage.list_results(job_id)
-            ],
         }
+        if results:
+            described["results"] = self._results(job)
+        return described
+
+    def _results(self, job: JobRecord) -> list[dict[str, Any]]:
+        listing = self._results_cache.get(job.job_id)
+        if listing is not None:
+            self._results_cache.move_to_end(job.job_id)
+        else:
+            listing = [
+                {"path": f.path, "size": f.size} for f in self.storage.list_results(job.job_id)
+            ]
+            if job.state is JobState.STOPPED:
+                self._results_cache[job.job_id] = listing
+                if len(self._results_cache) > _RESULTS_CACHE_SIZE:
+                    self._results_cache.popitem(last=False)
+        return [dict(entry) for entry in listing]
 
     @_locked
     def list_jobs(self, state: str | None = None, pipeline: str | None = None) -> list[JobRecord]:
@@ -299,8 +350,12 @@ class CoreService(ExportsMixin, DicomRegistryMixin):
         node_ip: str | None,
         gpu_ids: list[int],
     ) -> None:
+        """An attempt of an operator started. Attempts are told apart by ``started_at``:
+        a repeated report of the recorded attempt (a retried call) counts nothing."""
         op = self._operator(job_id, operator)
         if op.state is JobState.STOPPED:
+            return
+        if op.started_at is not None and started_at <= op.started_at:
             return
         op.state, op.attempts = JobState.RUNNING, op.attempts + 1
         op.started_at, op.node_id, op.node_ip, op.gpu_ids = (
@@ -348,26 +403,71 @@ class CoreService(ExportsMixin, DicomRegistryMixin):
 
     @_locked
     def job_stopped(self, job_id: str, status: str, reason: str | None = None) -> JobRecord:
+        """The runner's final report. A Healthy stop and the job's exports are recorded in
+        one unit of work; when the results cannot be read now (storage unreachable),
+        neither is, and the error is raised so that the runner reports again.  The first
+        final word wins: a report for a job that has already stopped changes nothing."""
         job = self.get_job(job_id)
         if job.state is not JobState.STOPPED:
-            self._stop(job, JobStatus(status), reason)
-            if job.status is JobStatus.HEALTHY:
-                self._create_exports(job)
+            stopped = JobStatus(status)
+            try:
+                with self.store.transaction():
+                    if stopped is JobStatus.HEALTHY:
+                        self._create_exports(job)
+                    self._stop(job, stopped, reason)
+            except ClaraError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "job %s: Healthy stop not recorded, its results cannot be read now "
+                    "(%s: %s); the runner reports it again",
+                    job_id,
+                    type(exc).__name__,
+                    exc,
+                )
+                raise
         self._admit()
         return job
 
     # -- housekeeping ----------------------------------------------------------
-    @_locked
     def recover(self) -> None:
-        """After a restart: re-attach to live runners, fault jobs whose runner is gone, admit."""
-        for job in self.store.list_jobs(JobState.RUNNING):
-            if self.launcher.is_alive(job.job_id):
+        """Reconcile with the runners, then admit; after a restart and on every reconcile tick.
+
+        Asks the launcher once, outside the lock, which jobs its runners hold. A job
+        recorded Running that it definitely does not hold is started again if none of
+        its operators had started, else faulted; when the answer is unknown, nothing is
+        decided.  A run the Core does not hold Running is canceled.  Healthy jobs whose
+        exports were never recorded get them now.
+        """
+        with self._lock:
+            asked_at = self._launch_seq
+        alive = self.launcher.running_jobs()
+        with self._lock:
+            self._record_missing_exports()
+            if alive is not None:
+                self._reconcile(alive, asked_at)
+            self._admit()
+
+    def wait_for_launches(self, timeout: float = 30.0) -> bool:
+        """Block until every launch asked for so far has been tried; False on timeout."""
+        q = self._launches
+        with q.all_tasks_done:
+            return q.all_tasks_done.wait_for(lambda: q.unfinished_tasks == 0, timeout)
+
+    def _reconcile(self, alive: set[str], asked_at: int) -> None:
+        running = self.store.list_jobs(JobState.RUNNING)
+        for job in running:
+            if (
+                job.job_id in alive
+                or job.job_id in self._launching
+                or self._launched.get(job.job_id, -1) > asked_at  # started after the question
+            ):
                 continue
             if all(op.attempts == 0 for op in self.store.list_operators(job.job_id)):
                 log.info(
                     "job %s: runner missing before any operator started; relaunching", job.job_id
                 )
-                self._launch(job)
+                self._request_launch(job.job_id)
                 continue
             self._stop(
                 job,
@@ -375,7 +475,31 @@ class CoreService(ExportsMixin, DicomRegistryMixin):
                 "the job's runner was lost (its process or node died) after operators had "
                 "started; create a new job to run the pipeline again",
             )
-        self._admit()
+        running_ids = {j.job_id for j in running}
+        for job_id in sorted(alive - running_ids):
+            job = self.store.get_job(job_id)
+            if job is not None and job.state is JobState.STOPPED:
+                log.info(
+                    "job %s: stopped (%s) but its runner runs; canceling it", job_id, job.status
+                )
+                self.launcher.cancel(job_id)
+        for job_id in [j for j in self._launched if j not in running_ids]:
+            del self._launched[job_id]
+
+    def _record_missing_exports(self) -> None:
+        for job in self.store.list_jobs_lacking_exports():
+            try:
+                with self.store.transaction():
+                    created = self._create_exports(job)
+            except Exception as exc:  # storage unreachable: tried again on the next tick
+                log.warning(
+                    "job %s: exports not recorded yet, its results cannot be read (%s: %s)",
+                    job.job_id,
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
+            log.info("job %s: %d export(s) recorded after its stop", job.job_id, len(created))
 
     def _operator(self, job_id: str, name: str) -> OperatorRecord:
         for op in self.store.list_operators(job_id):
@@ -384,18 +508,21 @@ class CoreService(ExportsMixin, DicomRegistryMixin):
         raise NotFoundError(f"job {job_id} has no operator '{name}'")
 
     def _stop(self, job: JobRecord, status: JobStatus, reason: str | None) -> None:
+        """Stop the job and its unfinished operators, in one unit of work."""
         now = self._clock()
         job.state, job.status, job.reason, job.ended_at = JobState.STOPPED, status, reason, now
-        self.store.put_job(job)
-        for op in self.store.list_operators(job.job_id):
-            if op.state is not JobState.STOPPED:
-                op.state, op.ended_at = JobState.STOPPED, now if op.started_at else None
-                op.status = JobStatus.CANCELED if status is JobStatus.HEALTHY else status
-                op.message = op.message or f"job stopped: {status}"
-                self.store.put_operator(op)
+        with self.store.transaction():
+            self.store.put_job(job)
+            for op in self.store.list_operators(job.job_id):
+                if op.state is not JobState.STOPPED:
+                    op.state, op.ended_at = JobState.STOPPED, now if op.started_at else None
+                    op.status = JobStatus.CANCELED if status is JobStatus.HEALTHY else status
+                    op.message = op.message or f"job stopped: {status}"
+                    self.store.put_operator(op)
         log.info("job %s stopped: %s%s", job.job_id, status, f" ({reason})" if reason else "")
 
     def _admit(self) -> None:
+        """Admit queued jobs into free slots: recorded Running now, started by the launch thread."""
         running = len(self.store.list_jobs(JobState.RUNNING))
         queued = [j for j in self.store.list_jobs(JobState.PENDING) if j.queued_at is not None]
         queued.sort(key=lambda j: (-j.priority.rank, j.queued_at))
@@ -404,14 +531,64 @@ class CoreService(ExportsMixin, DicomRegistryMixin):
                 break
             job.state, job.started_at = JobState.RUNNING, self._clock()
             self.store.put_job(job)
-            if self._launch(job):
-                running += 1
-                log.info("job %s admitted (%d running)", job.job_id, running)
+            running += 1
+            log.info("job %s admitted (%d running)", job.job_id, running)
+            self._request_launch(job.job_id)
 
-    def _launch(self, job: JobRecord) -> bool:
+    def _request_launch(self, job_id: str) -> None:
+        """Queue the start of a Running job's runner (once); a full queue leaves it to recover."""
+        if job_id in self._launching:
+            return
+        self._launching.add(job_id)
+        try:
+            self._launches.put_nowait(job_id)
+        except queue.Full:
+            self._launching.discard(job_id)
+            log.warning(
+                "job %s: %d launches already queued; the reconcile loop starts it later",
+                job_id,
+                _LAUNCH_QUEUE_SIZE,
+            )
+            return
+        if self._launcher_thread is None:
+            self._launcher_thread = threading.Thread(
+                target=self._launch_loop, name="clara-core-launcher", daemon=True
+            )
+            self._launcher_thread.start()
+
+    def _launch_loop(self) -> None:
+        while True:
+            job_id = self._launches.get()
+            try:
+                self._launch(job_id)
+            except Exception:  # a broken launch must not stop the launches behind it
+                log.exception("job %s: launch failed", job_id)
+            finally:
+                self._launches.task_done()
+
+    def _launch(self, job_id: str) -> None:
+        """Start a job's runner outside the lock; fault the job if that definitely failed."""
+        with self._lock:
+            job = self.store.get_job(job_id)
+            if job is None or job.state is not JobState.RUNNING:
+                self._launching.discard(job_id)
+                return
+        failure: Exception | None = None
         try:
             self.launcher.launch(job)
+        except LaunchUnconfirmed as exc:
+            log.warning("job %s: start of its runner not confirmed (%s); rechecked", job_id, exc)
         except Exception as exc:  # the launcher is the edge to Ray; any failure faults the job
-            self._stop(job, JobStatus.FAULTED, f"could not start the job runner: {exc}")
-            return False
-        return True
+            failure = exc
+        with self._lock:
+            self._launching.discard(job_id)
+            self._launch_seq += 1
+            self._launched[job_id] = self._launch_seq
+            current = self.store.get_job(job_id)
+            if current is None or current.state is not JobState.RUNNING:
+                if failure is None:  # stopped (canceled) while its runner was starting
+                    self.launcher.cancel(job_id)
+                return
+            if failure is not None:
+                self._stop(current, JobStatus.FAULTED, f"could not start the job runner: {failure}")
+                self._admit()

@@ -1,7 +1,10 @@
 """Persistence of Core's records behind a small interface; SQLite is the embedded default.
 
 Every write is one transaction, committed (WAL, ``synchronous=FULL``) before
-the method returns, so a Core that answered has persisted.
+the method returns, so a Core that answered has persisted.  A transition that
+writes several rows (a job and its operators, a job and its exports) runs in
+a unit of work, :meth:`Store.transaction`: all of its writes commit together
+or none does.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +32,11 @@ __all__ = ["SQLiteStore", "Store"]
 
 
 class Store(Protocol):
+    def transaction(self) -> AbstractContextManager[None]:
+        """A unit of work: the writes made inside commit together when it exits normally and
+        are rolled back when it exits with an exception. Nested use joins the outer one."""
+        ...
+
     def put_pipeline(self, rec: PipelineRecord) -> None: ...
     def get_pipeline(self, name: str) -> PipelineRecord | None: ...
     def list_pipelines(self) -> list[PipelineRecord]: ...
@@ -41,6 +51,7 @@ class Store(Protocol):
     def list_jobs(
         self, state: JobState | None = None, pipeline: str | None = None
     ) -> list[JobRecord]: ...
+    def list_jobs_lacking_exports(self) -> list[JobRecord]: ...
     def put_operator(self, rec: OperatorRecord) -> None: ...
     def list_operators(self, job_id: str) -> list[OperatorRecord]: ...
     def put_dicom_entry(self, kind: str, key: str, body: dict[str, Any]) -> None: ...
@@ -67,7 +78,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     pipeline TEXT NOT NULL, definition TEXT NOT NULL, payload_id TEXT NOT NULL,
     priority TEXT NOT NULL, state TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
     parameters TEXT NOT NULL, metadata TEXT NOT NULL, warnings TEXT NOT NULL,
-    runtime_env TEXT NOT NULL, created_at REAL NOT NULL, queued_at REAL, started_at REAL, ended_at REAL);
+    runtime_env TEXT NOT NULL, created_at REAL NOT NULL, queued_at REAL, started_at REAL, ended_at REAL,
+    exports_created INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS operators (
     job_id TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, status TEXT NOT NULL,
@@ -101,6 +113,7 @@ _JOB_COLUMNS = (
     "queued_at",
     "started_at",
     "ended_at",
+    "exports_created",
 )
 _EXPORT_COLUMNS = (
     "export_id",
@@ -140,26 +153,64 @@ class SQLiteStore:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # held by a unit of work from its start to its end
+        self._depth = 0  # nesting of the unit of work the lock's holder is in
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._migrate()
         self._db.executescript(_SCHEMA)
 
-    def close(self) -> None:
-        self._db.close()
+    def _migrate(self) -> None:
+        """Bring a database written by an earlier version up to this schema.
 
-    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        ``jobs.exports_created`` (added later) marks the Healthy jobs whose exports
+        are recorded; in an older database it is set for the jobs that have export
+        records, so that the Core derives the exports of the others once.
+        """
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        if not columns or "exports_created" in columns:
+            return
+        with self.transaction():
+            self._db.execute(
+                "ALTER TABLE jobs ADD COLUMN exports_created INTEGER NOT NULL DEFAULT 0"
+            )
+            self._db.execute(
+                "UPDATE jobs SET exports_created=1 WHERE job_id IN (SELECT job_id FROM exports)"
+            )
+
+    def close(self) -> None:
+        with self._lock:  # not under another thread's statement
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` around the block (``ROLLBACK`` on any
+        exception); other threads' calls wait until it ends. Nested use joins it."""
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
-                cur = self._db.execute(sql, params)
+                yield
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            return cur.rowcount
+            finally:
+                self._depth = 0
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        with self.transaction():
+            return self._db.execute(sql, params).rowcount
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -248,6 +299,7 @@ class SQLiteStore:
             rec.queued_at,
             rec.started_at,
             rec.ended_at,
+            int(rec.exports_created),
         )
         cols = ", ".join(_JOB_COLUMNS)
         updates = ", ".join(f"{c}=excluded.{c}" for c in _JOB_COLUMNS[1:])
@@ -265,6 +317,7 @@ class SQLiteStore:
         d["priority"] = JobPriority(d["priority"])
         d["state"] = JobState(d["state"])
         d["status"] = JobStatus(d["status"])
+        d["exports_created"] = bool(d["exports_created"])
         return JobRecord(**d)
 
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -282,6 +335,14 @@ class SQLiteStore:
             sql += " AND pipeline=?"
             params.append(pipeline)
         return [self._job(r) for r in self._read(sql + " ORDER BY seq", tuple(params))]
+
+    def list_jobs_lacking_exports(self) -> list[JobRecord]:
+        """Jobs stopped Healthy whose exports have not been derived from their results."""
+        rows = self._read(
+            "SELECT * FROM jobs WHERE state=? AND status=? AND exports_created=0 ORDER BY seq",
+            (str(JobState.STOPPED), str(JobStatus.HEALTHY)),
+        )
+        return [self._job(r) for r in rows]
 
     # -- operators -------------------------------------------------------------
     def put_operator(self, rec: OperatorRecord) -> None:

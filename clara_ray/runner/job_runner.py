@@ -5,15 +5,20 @@ A :class:`JobRun` submits every operator of its job as a Ray task at once
 parallel and keeps volumes in the object store), owns those references,
 enforces timeouts, answers cancellation, and reports every transition to the
 Core.  Because the runner, not the Core, owns the job's objects, a Core restart
-loses nothing: the runner keeps retrying its reports until the Core answers.
+loses nothing: the runner retries its reports for ``report_retry_seconds``,
+then keeps them in the host's :class:`~clara_ray.runner.outbox.ReportOutbox`
+(a file next to the Core's database), which the host delivers in the
+background, also after its own restart.  No report is dropped.
 
 The runs live as threads in ``clara-runners``, one detached actor per
 namespace (pinned to the head node, next to the Core): a job starts in
 milliseconds instead of waiting for a fresh worker process, and running jobs
 cost no process each.  Starting a job that already runs there is a no-op, so a
 retried launch never runs a job twice.  If the host dies, its jobs' runners
-are gone; the Core notices (``running`` answers False) and faults those jobs
-with the reason, or starts them again if none of their operators had started.
+are gone; the Core notices (``jobs`` no longer names them) and faults those
+jobs with the reason, or starts them again if none of their operators had
+started.  A job whose final report waits in the outbox still counts as the
+host's, so a job that finished while the Core was unreachable is never faulted.
 """
 
 from __future__ import annotations
@@ -22,16 +27,20 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError
+from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
 from clara_ray.core.handle import CoreHandle
 from clara_ray.core.model import JobStatus
+from clara_ray.errors import ClaraError
+from clara_ray.phi import keep_patient_data_out_of_logs
 from clara_ray.pipeline import ResolvedOperator, ServiceSpec, parse_pipeline, resolve_pipeline
 from clara_ray.runner.execute import OperatorCall
 from clara_ray.runner.metrics import RunnerMetrics
+from clara_ray.runner.outbox import FINAL_REPORT, ReportOutbox
 from clara_ray.runner.task import operator_task
 
 __all__ = ["RUNNER_HOST_NAME", "JobRun", "JobRunnerHost", "RunnerConfig"]
@@ -39,6 +48,8 @@ __all__ = ["RUNNER_HOST_NAME", "JobRun", "JobRunnerHost", "RunnerConfig"]
 RUNNER_HOST_NAME = "clara-runners"
 log = logging.getLogger(__name__)
 _POLL_SECONDS = 0.2
+_OUTBOX_SECONDS = 2.0  # between deliveries of held reports
+_DELIVERY_RETRY_SECONDS = 5.0  # one delivery's wait for a restarting Core
 
 
 @dataclass(frozen=True)
@@ -66,11 +77,15 @@ class _Stop(Exception):
 
 
 class JobRun:
-    """One job's run; ``host`` is the actor handle its operator tasks report starts to."""
+    """One job's run; ``host`` is the actor handle its operator tasks report starts to,
+    ``outbox`` where reports the Core did not take are kept."""
 
-    def __init__(self, config: RunnerConfig, host: Any, metrics: RunnerMetrics) -> None:
+    def __init__(
+        self, config: RunnerConfig, host: Any, metrics: RunnerMetrics, outbox: ReportOutbox
+    ) -> None:
         self.config = config
         self._host = host
+        self._outbox = outbox
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._running_since: dict[str, float] = {}
@@ -129,7 +144,7 @@ class JobRun:
             status, reason = JobStatus.FAULTED, f"job runner failed: {type(exc).__name__}: {exc}"
         self._metrics.job_finished(cfg.pipeline, str(status), time.time() - began)
         log.info("job %s stopped: %s %s", cfg.job_id, status, reason or "")
-        self._report("job_stopped", cfg.job_id, str(status), reason)
+        self._report(FINAL_REPORT, cfg.job_id, str(status), reason)
         return str(status)
 
     def _run_operators(self) -> None:
@@ -282,33 +297,68 @@ class JobRun:
         log.warning("job %s: %s", self.config.job_id, warning)
         self._report("job_warning", self.config.job_id, warning)
 
-    def _report(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the Core, riding out its restarts for up to ``report_retry_seconds``."""
+    def _report(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """Call the Core, riding out its restarts for up to ``report_retry_seconds``.
+
+        A report the Core did not take (unreachable, or failing for a reason other
+        than a ClaraError, such as storage it cannot read now) is kept in the outbox,
+        and so is every later report of the job while one is held, to keep them in
+        order.  A ClaraError (the Core refused the report) is raised.
+        """
+        job_id = self.config.job_id
+        if self._outbox.holds(job_id):
+            self._outbox.add(job_id, method, args, kwargs)
+            return
         try:
-            return self._core.call(method, *args, **kwargs)
-        except (RayActorError, GetTimeoutError, ValueError) as exc:
-            log.error(
-                "job %s: Core unreachable, report %s lost: %s", self.config.job_id, method, exc
+            self._core.call(method, *args, **kwargs)
+        except ClaraError:
+            raise
+        except (RayError, ValueError) as exc:
+            log.warning(
+                "job %s: the Core did not take report %s (%s: %s); kept for delivery",
+                job_id,
+                method,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
             )
-            return None
+            self._outbox.add(job_id, method, args, kwargs)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=64)  # type: ignore[call-overload]
 class JobRunnerHost:
-    """``clara-runners``: runs each job's :class:`JobRun` in a thread of its own."""
+    """``clara-runners``: runs each job's :class:`JobRun` in a thread of its own.
 
-    def __init__(self) -> None:
+    ``outbox`` is the file of reports the Core did not take; a thread delivers
+    them to the Core (``core_name`` in ``namespace``) every few seconds.
+    """
+
+    def __init__(self, outbox: str, core_name: str, namespace: str) -> None:
+        keep_patient_data_out_of_logs()
         logging.basicConfig(level=logging.INFO)
         self._lock = threading.Lock()
         self._runs: dict[str, JobRun] = {}
         self._metrics = RunnerMetrics()
+        self._outbox = ReportOutbox(Path(outbox))
+        self._core = CoreHandle(core_name, namespace, _DELIVERY_RETRY_SECONDS)
+        threading.Thread(target=self._deliver, name="clara-runners-outbox", daemon=True).start()
+
+    def _deliver(self) -> None:
+        while True:
+            try:
+                self._outbox.deliver(self._core.call)
+            except Exception:  # keep delivering; a broken round must not end the thread
+                log.exception("delivering held reports failed")
+            time.sleep(_OUTBOX_SECONDS)
 
     def start(self, config: RunnerConfig) -> bool:
-        """Start running the job; False (a no-op) when it already runs here."""
+        """Start running the job; False (a no-op) when it already runs here or has run
+        to its end here (its final report waits for delivery)."""
         with self._lock:
-            if config.job_id in self._runs:
+            if config.job_id in self._runs or config.job_id in self._outbox.final_reports():
                 return False
-            run = JobRun(config, ray.get_runtime_context().current_actor, self._metrics)
+            run = JobRun(
+                config, ray.get_runtime_context().current_actor, self._metrics, self._outbox
+            )
             self._runs[config.job_id] = run
         threading.Thread(
             target=self._run, args=(run,), name=f"job-{config.job_id}", daemon=True
@@ -323,12 +373,22 @@ class JobRunnerHost:
                 self._runs.pop(run.config.job_id, None)
 
     def running(self, job_id: str) -> bool:
-        with self._lock:
-            return job_id in self._runs
+        """Whether the job runs here or its final report waits here for delivery."""
+        return job_id in self.jobs()
 
     def jobs(self) -> list[str]:
+        """The jobs this host answers for: running, or holding their final report.
+
+        The runs are read before the outbox: a run leaves ``_runs`` only after its
+        final report was delivered or kept, so no job falls between the two.
+        """
         with self._lock:
-            return sorted(self._runs)
+            running = set(self._runs)
+        return sorted(running | self._outbox.final_reports())
+
+    def pending_reports(self) -> list[str]:
+        """The jobs whose final report waits for delivery to the Core."""
+        return sorted(self._outbox.final_reports())
 
     def cancel(self, job_id: str) -> None:
         with self._lock:

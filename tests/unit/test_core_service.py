@@ -6,11 +6,14 @@ a new SQLiteStore on the same file.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from clara_ray.client import PlatformClient
 from clara_ray.core import (
     CoreService,
     JobPriority,
@@ -20,22 +23,30 @@ from clara_ray.core import (
     OperatorRecord,
     SQLiteStore,
 )
+from clara_ray.core.exports import ExportState
 from clara_ray.core.model import PayloadRecord, PipelineRecord
+from clara_ray.core.service import LaunchUnconfirmed
 from clara_ray.errors import ConflictError, NotFoundError, PipelineValidationError
-from clara_ray.storage import Storage
+from clara_ray.export_manifest import MANIFEST_NAME, ExportManifest
+from clara_ray.settings import load_settings
+from clara_ray.storage import FileEntry, Storage
 
 DIAMOND = (Path(__file__).resolve().parent.parent / "pipelines" / "diamond.yaml").read_text()
 OPERATORS = ["source", "left", "right", "join"]
 
 
 class FakeLauncher:
-    """Records launches and cancels; runners stay 'alive' until told otherwise."""
+    """Records launches and cancels; runners stay 'alive' until told otherwise.
+
+    ``unknown`` makes it answer that it cannot tell which runners run.
+    """
 
     def __init__(self) -> None:
         self.launched: list[str] = []
         self.canceled: list[str] = []
         self.alive: set[str] = set()
         self.fail_with: Exception | None = None
+        self.unknown = False
 
     def launch(self, job: JobRecord) -> None:
         if self.fail_with is not None:
@@ -43,8 +54,8 @@ class FakeLauncher:
         self.launched.append(job.job_id)
         self.alive.add(job.job_id)
 
-    def is_alive(self, job_id: str) -> bool:
-        return job_id in self.alive
+    def running_jobs(self) -> set[str] | None:
+        return None if self.unknown else set(self.alive)
 
     def cancel(self, job_id: str) -> None:
         self.canceled.append(job_id)
@@ -85,13 +96,26 @@ class Env:
     def restart(
         self, launcher: FakeLauncher | None = None, max_concurrent_jobs: int = 2
     ) -> CoreService:
+        self.core.wait_for_launches(timeout=10)
         self.stores[-1].close()
         if launcher is not None:
             self.launcher = launcher
         self.core = self._new_core(max_concurrent_jobs)
         return self.core
 
+    def launched(self) -> list[str]:
+        """The launches so far, once the Core's launch thread has tried all it was given."""
+        assert self.core.wait_for_launches(timeout=10)
+        return self.launcher.launched
+
+    def recover(self) -> CoreService:
+        """``recover()`` the current Core and let its launches run."""
+        self.core.recover()
+        assert self.core.wait_for_launches(timeout=10)
+        return self.core
+
     def close(self) -> None:
+        self.core.wait_for_launches(timeout=10)
         for store in self.stores:
             store.close()
 
@@ -112,8 +136,11 @@ def core(env: Env) -> CoreService:
 
 
 def queue(core: CoreService, job_id: str, priority: str = "normal") -> JobRecord:
+    """Create and start a job; returned once its launch (if admitted) has been tried."""
     core.create_job(job_id, "diamond", "pay-1", priority=priority)
-    return core.start_job(job_id)
+    core.start_job(job_id)
+    assert core.wait_for_launches(timeout=10)
+    return core.get_job(job_id)
 
 
 def states(core: CoreService, *job_ids: str) -> list[str]:
@@ -378,14 +405,14 @@ def test_start_job_launches_it(env: Env, core: CoreService) -> None:
     job = queue(core, "j1")
     assert job.state is JobState.RUNNING
     assert job.queued_at is not None and job.started_at is not None
-    assert env.launcher.launched == ["j1"]
+    assert env.launched() == ["j1"]
 
 
 def test_start_is_idempotent(env: Env, core: CoreService) -> None:
     first = queue(core, "j1")
     again = core.start_job("j1")
     assert again.queued_at == first.queued_at
-    assert env.launcher.launched == ["j1"]
+    assert env.launched() == ["j1"]
 
 
 def test_start_of_stopped_job_is_a_conflict(core: CoreService) -> None:
@@ -404,7 +431,7 @@ def test_max_concurrent_jobs_holds_the_rest(env: Env, core: CoreService) -> None
     for j in ("j1", "j2", "j3"):
         queue(core, j)
     assert states(core, "j1", "j2", "j3") == ["Running", "Running", "Pending"]
-    assert env.launcher.launched == ["j1", "j2"]
+    assert env.launched() == ["j1", "j2"]
     assert core.get_job("j3").queued_at is not None
 
 
@@ -412,7 +439,7 @@ def test_created_but_not_started_jobs_are_not_admitted(env: Env, core: CoreServi
     core.create_job("j1", "diamond", "pay-1")
     queue(core, "j2")
     assert states(core, "j1", "j2") == ["Pending", "Running"]
-    assert env.launcher.launched == ["j2"]
+    assert env.launched() == ["j2"]
 
 
 def test_higher_priority_is_admitted_first_then_fifo(env: Env, core: CoreService) -> None:
@@ -425,9 +452,9 @@ def test_higher_priority_is_admitted_first_then_fifo(env: Env, core: CoreService
     order = []
     for running in ("r1", "r2", "high", "n1", "n2", "low"):
         core.job_stopped(running, "Healthy")
-        order.append(env.launcher.launched[-1])
+        order.append(env.launched()[-1])
     assert order == ["high", "n1", "n2", "low", "low", "low"]
-    assert env.launcher.launched == ["r1", "r2", "high", "n1", "n2", "low"]
+    assert env.launched() == ["r1", "r2", "high", "n1", "n2", "low"]
 
 
 def test_immediate_job_is_admitted_beyond_the_limit(env: Env, core: CoreService) -> None:
@@ -437,7 +464,7 @@ def test_immediate_job_is_admitted_beyond_the_limit(env: Env, core: CoreService)
     urgent = queue(core, "urgent", "immediate")
     assert urgent.state is JobState.RUNNING
     assert states(core, "j1", "j2", "j3") == ["Running", "Running", "Pending"]
-    assert env.launcher.launched == ["j1", "j2", "urgent"]
+    assert env.launched() == ["j1", "j2", "urgent"]
     # with three running, one finishing leaves the count at the limit: j3 still waits
     core.job_stopped("j1", "Healthy")
     assert core.get_job("j3").state is JobState.PENDING
@@ -601,9 +628,10 @@ def test_state_survives_a_restart(env: Env, core: CoreService) -> None:
 def test_recover_keeps_jobs_whose_runner_is_alive(env: Env, core: CoreService) -> None:
     queue(core, "j1")
     core.operator_started("j1", "source", started_at=1.0, node_id=None, node_ip=None, gpu_ids=[])
-    env.restart().recover()
+    env.restart()
+    env.recover()
     assert env.core.get_job("j1").state is JobState.RUNNING
-    assert env.launcher.launched == ["j1"]  # not launched a second time
+    assert env.launched() == ["j1"]  # not launched a second time
 
 
 def test_recover_relaunches_job_whose_runner_died_before_any_operator(
@@ -611,10 +639,11 @@ def test_recover_relaunches_job_whose_runner_died_before_any_operator(
 ) -> None:
     queue(core, "j1")
     launcher = FakeLauncher()  # a fresh cluster: no runner is alive
-    env.restart(launcher).recover()
+    env.restart(launcher)
+    env.recover()
     job = env.core.get_job("j1")
     assert job.state is JobState.RUNNING and job.status is JobStatus.HEALTHY
-    assert launcher.launched == ["j1"]
+    assert env.launched() == ["j1"]
 
 
 def test_recover_faults_job_whose_runner_died_after_an_operator_started(
@@ -623,7 +652,8 @@ def test_recover_faults_job_whose_runner_died_after_an_operator_started(
     queue(core, "j1")
     core.operator_started("j1", "source", started_at=1.0, node_id=None, node_ip=None, gpu_ids=[])
     launcher = FakeLauncher()
-    env.restart(launcher).recover()
+    env.restart(launcher)
+    env.recover()
     job = env.core.get_job("j1")
     assert job.state is JobState.STOPPED and job.status is JobStatus.FAULTED
     assert (
@@ -631,7 +661,7 @@ def test_recover_faults_job_whose_runner_died_after_an_operator_started(
         and "runner was lost" in job.reason
         and "create a new job" in job.reason
     )
-    assert launcher.launched == []
+    assert env.launched() == []
     statuses = {o["name"]: o["status"] for o in env.core.describe_job("j1")["operators"]}
     assert statuses == dict.fromkeys(OPERATORS, "Faulted")
 
@@ -642,16 +672,18 @@ def test_recover_admits_queued_jobs_into_freed_slots(env: Env, core: CoreService
     core.operator_started("j1", "source", started_at=1.0, node_id=None, node_ip=None, gpu_ids=[])
     launcher = FakeLauncher()
     launcher.alive.add("j2")  # j2's runner survived; j1's is gone
-    env.restart(launcher).recover()
+    env.restart(launcher)
+    env.recover()
     assert states(env.core, "j1", "j2", "j3") == ["Stopped", "Running", "Running"]
-    assert launcher.launched == ["j3"]
+    assert env.launched() == ["j3"]
 
 
 def test_recover_with_failing_launcher_faults_the_relaunch(env: Env, core: CoreService) -> None:
     queue(core, "j1")
     launcher = FakeLauncher()
     launcher.fail_with = RuntimeError("cluster unreachable")
-    env.restart(launcher).recover()
+    env.restart(launcher)
+    env.recover()
     job = env.core.get_job("j1")
     assert job.status is JobStatus.FAULTED
     assert job.reason == "could not start the job runner: cluster unreachable"
@@ -663,4 +695,367 @@ def test_recover_is_idempotent(env: Env, core: CoreService) -> None:
     env.restart(launcher)
     env.core.recover()
     env.core.recover()
-    assert launcher.launched == ["j1"]
+    assert env.launched() == ["j1"]
+
+
+# -- units of work -------------------------------------------------------------------------
+
+
+class FailingWrites:
+    """Wraps a store method so that its ``fail_at``-th call raises."""
+
+    def __init__(self, method: Callable[..., Any], fail_at: int) -> None:
+        self.method, self.fail_at, self.calls = method, fail_at, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise OSError("disk full")
+        return self.method(*args, **kwargs)
+
+
+def test_stop_is_one_unit_of_work_a_failed_operator_write_leaves_the_job_running(
+    env: Env, core: CoreService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue(core, "j1")
+    before = core.describe_job("j1")
+    monkeypatch.setattr(core.store, "put_operator", FailingWrites(core.store.put_operator, 2))
+    with pytest.raises(OSError, match="disk full"):
+        core.cancel_job("j1")
+    assert core.describe_job("j1") == before  # neither the job nor any operator was stopped
+
+
+def test_create_job_is_one_unit_of_work(core: CoreService, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core.store, "put_operator", FailingWrites(core.store.put_operator, 3))
+    with pytest.raises(OSError, match="disk full"):
+        core.create_job("j1", "diamond", "pay-1")
+    with pytest.raises(NotFoundError):
+        core.get_job("j1")
+    assert core.store.list_operators("j1") == []
+
+
+# -- a Healthy job always gets its exports ------------------------------------------------
+
+
+def with_export_manifest(env: Env, job_id: str, destination: str = "PACS") -> None:
+    """Configure ``destination`` and write the manifest an export operator leaves."""
+    env.core.dicom_put(
+        "destination", {"name": destination, "ae_title": "ORTHANC", "host": "pacs", "port": 4242}
+    )
+    results = env.storage.results(job_id, "join")
+    results.write_bytes("seg.dcm", b"\0" * 132 + b"DICM")
+    manifest = ExportManifest(destinations=(destination,), files=("join/seg.dcm",))
+    results.write_text(MANIFEST_NAME, manifest.to_json())
+
+
+def finish_operators(core: CoreService, job_id: str) -> None:
+    for op in OPERATORS:
+        core.operator_started(job_id, op, started_at=1.0, node_id=None, node_ip=None, gpu_ids=[])
+        core.operator_stopped(job_id, op, status="Healthy", ended_at=2.0)
+
+
+class FlakyListing:
+    """``Storage.list_results`` that fails ``failures`` times (as an S3 LIST can), then works."""
+
+    def __init__(self, storage: Storage, failures: int) -> None:
+        self.list_results, self.failures, self.calls = storage.list_results, failures, 0
+
+    def __call__(self, job_id: str, operator: str | None = None) -> list[FileEntry]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OSError("When listing objects under key 'results': AWS Error NETWORK_CONNECTION")
+        return self.list_results(job_id, operator)
+
+
+def test_storage_error_at_a_healthy_end_records_nothing_and_the_retried_report_gets_exports(
+    env: Env, core: CoreService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue(core, "j1")
+    finish_operators(core, "j1")
+    with_export_manifest(env, "j1")
+    listing = FlakyListing(env.storage, failures=1)
+    monkeypatch.setattr(env.storage, "list_results", listing)
+    with pytest.raises(OSError, match="NETWORK_CONNECTION"):
+        core.job_stopped("j1", "Healthy")
+    assert core.get_job("j1").state is JobState.RUNNING  # not Stopped without its exports
+    job = core.job_stopped("j1", "Healthy")  # the runner reports again
+    assert (job.state, job.status, job.exports_created) == (
+        JobState.STOPPED,
+        JobStatus.HEALTHY,
+        True,
+    )
+    exports = core.list_exports("j1")
+    assert [(e.destination, e.state, e.files) for e in exports] == [
+        ("PACS", ExportState.PENDING, ["join/seg.dcm"])
+    ]
+
+
+def test_unreadable_manifest_of_a_healthy_job_leaves_one_failed_record(
+    env: Env, core: CoreService
+) -> None:
+    queue(core, "j1")
+    env.storage.results("j1", "join").write_text(MANIFEST_NAME, "{not json")
+    core.job_stopped("j1", "Healthy")
+    (rec,) = core.list_exports("j1")
+    assert (rec.operator, rec.state) == ("-", ExportState.FAILED)
+    assert rec.reason is not None and rec.reason.startswith("export manifest unreadable")
+    assert core.get_job("j1").exports_created
+
+
+def test_recover_records_exports_of_a_healthy_job_stopped_without_them(
+    env: Env, core: CoreService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As left by a Core that died between the two (or by an older version)."""
+    queue(core, "j1")
+    with_export_manifest(env, "j1")
+    job = core.get_job("j1")
+    job.state, job.status, job.ended_at = JobState.STOPPED, JobStatus.HEALTHY, 5.0
+    core.store.put_job(job)
+    assert core.list_exports("j1") == []
+    new = env.restart()
+    listing = FlakyListing(env.storage, failures=1)
+    monkeypatch.setattr(env.storage, "list_results", listing)
+    env.recover()  # storage still failing: tried again on the next tick
+    assert new.list_exports("j1") == [] and not new.get_job("j1").exports_created
+    env.recover()
+    assert [e.destination for e in new.list_exports("j1")] == ["PACS"]
+    assert new.get_job("j1").exports_created
+    env.recover()  # nothing left to repair: storage is not listed again
+    assert listing.calls == 2
+
+
+# -- retried calls -----------------------------------------------------------------------
+
+
+def test_retried_operator_started_counts_one_attempt(core: CoreService) -> None:
+    queue(core, "j1")
+    for _ in range(2):  # the same report, retried
+        core.operator_started(
+            "j1", "source", started_at=10.0, node_id="n", node_ip="ip", gpu_ids=[]
+        )
+    assert core.describe_job("j1")["operators"][0]["attempts"] == 1
+    core.operator_started("j1", "source", started_at=11.0, node_id="n", node_ip="ip", gpu_ids=[])
+    op = core.describe_job("j1")["operators"][0]
+    assert (op["attempts"], op["started_at"]) == (2, 11.0)  # a new attempt counts
+
+
+def healthy_job_with_exports(env: Env, job_id: str, destinations: tuple[str, ...]) -> None:
+    queue(env.core, job_id)
+    for name in destinations:
+        env.core.dicom_put(
+            "destination", {"name": name, "ae_title": "PEER", "host": "pacs", "port": 104}
+        )
+    results = env.storage.results(job_id, "join")
+    results.write_bytes("seg.dcm", b"\0" * 132 + b"DICM")
+    results.write_text(
+        MANIFEST_NAME, ExportManifest(destinations=destinations, files=("join/seg.dcm",)).to_json()
+    )
+    env.core.job_stopped(job_id, "Healthy")
+
+
+def test_retried_claim_returns_the_same_export(env: Env, core: CoreService) -> None:
+    healthy_job_with_exports(env, "j1", ("PACS", "RESEARCH"))
+    first = core.claim_export("adapter-1", 60.0, claim_id="claim-a")
+    retried = core.claim_export("adapter-1", 60.0, claim_id="claim-a")
+    assert first is not None and retried is not None
+    assert retried["export"].export_id == first["export"].export_id
+    assert retried["export"].attempts == 1
+    other = core.claim_export("adapter-1", 60.0, claim_id="claim-b")
+    assert other is not None and other["export"].export_id != first["export"].export_id
+    assert core.claim_export("adapter-1", 60.0, claim_id="claim-c") is None
+
+
+# -- resending an export -----------------------------------------------------------------
+
+
+def test_resend_export_makes_a_failed_export_pending_again(env: Env, core: CoreService) -> None:
+    healthy_job_with_exports(env, "j1", ("PACS",))
+    claimed = core.claim_export("adapter-1", claim_id="c1")
+    assert claimed is not None
+    export_id = claimed["export"].export_id
+    with pytest.raises(ConflictError, match=r"is InProgress; only a Failed export can be resent"):
+        core.resend_export(export_id)
+    core.export_finished(export_id, ok=False, reason="association rejected", sent=1)
+    assert core.get_export(export_id).state is ExportState.FAILED
+    rec = core.resend_export(export_id[:12])  # a prefix, as `list exports` shows it
+    assert (rec.export_id, rec.state, rec.attempts, rec.reason, rec.sent) == (
+        export_id,
+        ExportState.PENDING,
+        0,
+        None,
+        0,
+    )
+    assert rec.next_attempt_at == rec.updated_at and rec.lease_until is None
+    assert core.get_export(export_id) == rec
+    with pytest.raises(ConflictError, match=r"is Pending; only a Failed export can be resent"):
+        core.resend_export(export_id)
+    again = core.claim_export("adapter-1", claim_id="c2")
+    assert again is not None and again["export"].export_id == export_id
+    core.export_finished(export_id, ok=True, sent=1)
+    with pytest.raises(ConflictError, match=r"is Succeeded; only a Failed export can be resent"):
+        core.resend_export(export_id)
+
+
+def test_resend_export_errors(env: Env, core: CoreService) -> None:
+    with pytest.raises(NotFoundError, match=r"export 'nope' does not exist"):
+        core.resend_export("nope")
+    queue(core, "j1")
+    env.storage.results("j1", "join").write_text(MANIFEST_NAME, "{not json")
+    core.job_stopped("j1", "Healthy")
+    (rec,) = core.list_exports("j1")
+    with pytest.raises(ConflictError, match=r"has nothing to send: .* could not be read"):
+        core.resend_export(rec.export_id)
+
+
+# -- the Core does not wait on runners -----------------------------------------------------
+
+
+def test_unknown_liveness_never_faults_a_job(env: Env, core: CoreService) -> None:
+    queue(core, "j1")
+    core.operator_started("j1", "source", started_at=1.0, node_id=None, node_ip=None, gpu_ids=[])
+    launcher = FakeLauncher()  # its runner is gone, but the host does not answer
+    launcher.unknown = True
+    env.restart(launcher)
+    for _ in range(3):
+        env.recover()
+    assert env.core.get_job("j1").state is JobState.RUNNING
+    assert env.launched() == []
+    launcher.unknown = False  # a definite answer without the job
+    env.recover()
+    assert env.core.get_job("j1").status is JobStatus.FAULTED
+
+
+class BlockingLauncher(FakeLauncher):
+    """A launcher whose launches wait until ``release`` is set (a slow Ray round trip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def launch(self, job: JobRecord) -> None:
+        self.entered.set()
+        assert self.release.wait(timeout=30)
+        super().launch(job)
+
+
+def answers_within(seconds: float, call: Callable[[], Any]) -> Any:
+    """``call()``'s result, run on a thread; fails if it does not return within ``seconds``."""
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert result, f"no answer within {seconds} s"
+    return result[0]
+
+
+def test_requests_answer_while_a_launch_is_slow(env: Env, core: CoreService) -> None:
+    launcher = BlockingLauncher()
+    env.restart(launcher)
+    new = env.core
+    new.create_job("j1", "diamond", "pay-1")
+    started = answers_within(5, lambda: new.start_job("j1"))
+    assert started.state is JobState.RUNNING  # admitted; its runner starts in the background
+    assert launcher.entered.wait(timeout=5)
+    created = answers_within(5, lambda: new.create_job("j2", "diamond", "pay-1"))
+    assert created.job_id == "j2"
+    assert [j.job_id for j in answers_within(5, new.list_jobs)] == ["j1", "j2"]
+    assert answers_within(5, lambda: new.describe_job("j1"))["state"] == "Running"
+    launcher.release.set()
+    assert env.launched() == ["j1"]
+
+
+def test_unconfirmed_launch_keeps_the_job_running_and_recover_starts_it_again(
+    env: Env, core: CoreService
+) -> None:
+    env.launcher.fail_with = LaunchUnconfirmed("GetTimeoutError: start took over 60 s")
+    job = queue(core, "j1")
+    assert (job.state, job.status) == (JobState.RUNNING, JobStatus.HEALTHY)
+    env.launcher.fail_with = None
+    env.recover()  # the host does not hold it and no operator started: start it again
+    assert env.launched() == ["j1"]
+    assert core.get_job("j1").state is JobState.RUNNING
+
+
+def test_job_canceled_while_its_runner_starts_is_canceled_on_the_host(
+    env: Env, core: CoreService
+) -> None:
+    launcher = BlockingLauncher()
+    env.restart(launcher)
+    env.core.create_job("j1", "diamond", "pay-1")
+    env.core.start_job("j1")
+    assert launcher.entered.wait(timeout=5)
+    env.core.cancel_job("j1")
+    launcher.release.set()
+    assert env.launched() == ["j1"]
+    assert launcher.canceled == ["j1", "j1"]  # once on cancel, once when the start returned
+
+
+def test_recover_cancels_a_run_the_core_holds_stopped(env: Env, core: CoreService) -> None:
+    queue(core, "j1")
+    core.job_stopped("j1", "Faulted", "the job's runner was lost")
+    env.launcher.alive.add("j1")  # it ran on after all
+    env.recover()
+    assert env.launcher.canceled == ["j1"]
+
+
+# -- polling is cheap ----------------------------------------------------------------------
+
+
+class CountingListing:
+    def __init__(self, storage: Storage) -> None:
+        self.list_results, self.calls = storage.list_results, 0
+
+    def __call__(self, job_id: str, operator: str | None = None) -> list[FileEntry]:
+        self.calls += 1
+        return self.list_results(job_id, operator)
+
+
+def test_wait_job_polls_without_listing_results(
+    env: Env, core: CoreService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue(core, "j1")
+    env.storage.results("j1", "join").write_json("combined.json", {"total": 1})
+    listing = CountingListing(env.storage)
+    monkeypatch.setattr(env.storage, "list_results", listing)
+    client = PlatformClient(
+        load_settings(env={"CLARA_RAY_DATA_DIR": str(tmp_path / "client")}), core=None
+    )
+    polls: list[str] = []
+    by_the_stop = 0  # the Healthy stop reads the results for their exports
+
+    def call(method: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal by_the_stop
+        polls.append(method)
+        if len(polls) == 10:
+            before = listing.calls
+            core.job_stopped("j1", "Healthy")
+            by_the_stop = listing.calls - before
+        return getattr(core, method)(*args, **kwargs)
+
+    monkeypatch.setattr(client, "call", call)
+    described = client.wait_job("j1", timeout=30, poll=0.001)
+    assert described["status"] == "Healthy"
+    assert [r["path"] for r in described["results"]] == ["join/combined.json"]
+    assert len(polls) > 10
+    assert listing.calls - by_the_stop == 1  # the final description only
+
+
+def test_describe_job_lists_a_stopped_jobs_results_once(
+    env: Env, core: CoreService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue(core, "j1")
+    env.storage.results("j1", "join").write_json("combined.json", {"total": 1})
+    listing = CountingListing(env.storage)
+    monkeypatch.setattr(env.storage, "list_results", listing)
+    core.describe_job("j1")
+    core.describe_job("j1")
+    assert listing.calls == 2  # a running job's results may still change
+    assert "results" not in core.describe_job("j1", results=False)
+    core.job_stopped("j1", "Healthy")
+    calls = listing.calls
+    first = core.describe_job("j1")
+    for _ in range(5):
+        assert core.describe_job("j1") == first
+    assert listing.calls == calls + 1
+    assert [r["path"] for r in first["results"]] == ["join/combined.json"]

@@ -1,0 +1,106 @@
+"""Reports a job runner could not deliver to the Core, kept on disk until it takes them.
+
+A runner that cannot reach the Core (restarting, overloaded, or raising on a
+transient storage error) keeps the report here instead of dropping it, and so
+does every later report of the same job, so that the Core gets a job's
+reports in the order they were made.  The runner host delivers them in the
+background and again after its own restart.  While a job's final report
+(``job_stopped``) is held here, the host counts the job as its own, so the Core
+never mistakes a finished job for one whose runner was lost.
+
+The outbox is one SQLite file (WAL, ``synchronous=FULL``): a report is on disk
+before the runner moves on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from clara_ray.errors import ClaraError
+
+__all__ = ["FINAL_REPORT", "ReportOutbox"]
+
+FINAL_REPORT = "job_stopped"
+log = logging.getLogger(__name__)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reports (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, method TEXT NOT NULL,
+    args TEXT NOT NULL, kwargs TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS reports_job ON reports(job_id);
+"""
+
+
+class ReportOutbox:
+    """Undelivered Core calls (``method``, JSON arguments), by job, in the order kept."""
+
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add(self, job_id: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO reports (job_id, method, args, kwargs, created_at) VALUES (?,?,?,?,?)",
+                (job_id, method, json.dumps(list(args)), json.dumps(kwargs), time.time()),
+            )
+
+    def holds(self, job_id: str) -> bool:
+        """Whether any report of the job waits for delivery."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM reports WHERE job_id=? LIMIT 1", (job_id,))
+            return row.fetchone() is not None
+
+    def final_reports(self) -> set[str]:
+        """The jobs whose final report waits for delivery."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT job_id FROM reports WHERE method=?", (FINAL_REPORT,)
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def deliver(self, call: Callable[..., Any]) -> int:
+        """Deliver what is held, oldest first, through ``call(method, *args, **kwargs)``.
+
+        A job's delivery stops at its first report that fails (kept, tried again
+        next time); a report the Core refuses (a ClaraError: it can never be
+        taken) is logged and removed.  Returns how many reports the Core took.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, job_id, method, args, kwargs FROM reports ORDER BY seq"
+            ).fetchall()
+        delivered = 0
+        blocked: set[str] = set()
+        for seq, job_id, method, args, kwargs in rows:
+            if job_id in blocked:
+                continue
+            try:
+                call(method, *json.loads(args), **json.loads(kwargs))
+            except ClaraError as exc:
+                log.error("job %s: the Core refused the held report %s: %s", job_id, method, exc)
+            except Exception as exc:  # the Core is still unreachable: keep it for next time
+                log.info("job %s: report %s still undelivered: %s", job_id, method, exc)
+                blocked.add(job_id)
+                continue
+            else:
+                delivered += 1
+                log.info("job %s: held report %s delivered", job_id, method)
+            with self._lock:
+                self._db.execute("DELETE FROM reports WHERE seq=?", (seq,))
+        return delivered
