@@ -9,6 +9,7 @@ Routes (all JSON):
     GET  /api/v1/jobs[?state=&pipeline=]    GET /api/v1/jobs/{id}   (operators, results)
     GET  /api/v1/jobs/{id}/logs[?operator=]
     POST /api/v1/jobs/{id}/start            POST /api/v1/jobs/{id}/cancel
+    POST /api/v1/exports/{id}/resend        send a Failed export again (409 unless Failed)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ray.exceptions import RayTaskError
 
 from clara_ray.core.actor import CORE_ACTOR_NAME
 from clara_ray.errors import ClaraError, ConflictError, NotFoundError
+from clara_ray.phi import keep_patient_data_out_of_logs
 from clara_ray.settings import Settings
 from clara_ray.storage import Storage
 
@@ -42,6 +44,7 @@ def _status_for(exc: ClaraError) -> int:
 @serve.ingress(api)
 class ApiServer:
     def __init__(self, settings: dict[str, Any]) -> None:
+        keep_patient_data_out_of_logs()
         self.settings = Settings.model_validate(settings)
         self.storage = Storage(self.settings.storage)
 
@@ -101,6 +104,11 @@ class ApiServer:
     @api.post("/api/v1/jobs/{job_id}/cancel")
     async def cancel(self, job_id: str) -> dict[str, Any]:
         return (await self._core("cancel_job", job_id)).to_dict()  # type: ignore[no-any-return]
+
+    @api.post("/api/v1/exports/{export_id}/resend")
+    async def resend_export(self, export_id: str) -> dict[str, Any]:
+        rec = await self._core("resend_export", export_id)
+        return rec.to_dict()  # type: ignore[no-any-return]
 
 
 @api.exception_handler(ValueError)

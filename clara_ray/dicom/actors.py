@@ -1,7 +1,8 @@
 """The DICOM adapter as Ray actors: thin wrappers over the plain classes of this package.
 
 ``clara-dicom`` (detached, restartable) holds the spool, closes groups into
-payloads and jobs, and sends exports; it starts ``receivers`` DicomReceiver
+payloads and jobs, and sends exports (several at once, bounded per destination:
+:mod:`clara_ray.dicom.export_workers`); it starts ``receivers`` DicomReceiver
 actors, separate processes that each run a Storage SCP on the same port
 (SO_REUSEPORT, new connections evened out among them by a ConnectionBalancer),
 because one Python process tops out near 300 instances/s.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,12 +25,14 @@ from clara_ray.core.actor import CORE_ACTOR_NAME, on_head_node
 from clara_ray.core.handle import CoreHandle
 from clara_ray.dicom.balance import ConnectionBalancer, balancing_supported
 from clara_ray.dicom.config import DicomConfig
-from clara_ray.dicom.exporter import run_export
+from clara_ray.dicom.export_workers import core_exports
 from clara_ray.dicom.ingest import GroupCloser
 from clara_ray.dicom.scp import StorageScp
 from clara_ray.dicom.scu import echo
 from clara_ray.dicom.spool import Spool
+from clara_ray.dicom.tls import ClientTls, server_ssl_context
 from clara_ray.errors import NotFoundError
+from clara_ray.phi import keep_patient_data_out_of_logs
 from clara_ray.settings import Settings
 from clara_ray.storage import Storage
 
@@ -38,15 +42,9 @@ ADAPTER_NAME = "clara-dicom"
 log = logging.getLogger(__name__)
 
 
-def _ssl_contexts(settings: Settings) -> tuple[Any, Any]:
+def _server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     tls = settings.dicom.tls
-    if not tls.enabled and tls.ca_certificates is None:
-        return None, None
-    from clara_ray.dicom.tls import client_ssl_context, server_ssl_context
-
-    server = server_ssl_context(tls) if tls.enabled else None
-    client = client_ssl_context(tls) if tls.ca_certificates is not None else None
-    return server, client
+    return server_ssl_context(tls) if tls.enabled else None
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -54,8 +52,9 @@ class DicomReceiver:
     """One receiving process: a Storage SCP writing into the shared spool."""
 
     def __init__(self, settings: Settings, config: DicomConfig, index: int) -> None:
+        keep_patient_data_out_of_logs()
         logging.basicConfig(level=settings.log_level)
-        server_ssl, _ = _ssl_contexts(settings)
+        server_ssl = _server_ssl_context(settings)
         spool = Spool(settings.spool_dir)
         count = settings.dicom.receivers
         balancer = (
@@ -77,6 +76,7 @@ class DicomReceiver:
 
 class DicomAdapter:
     def __init__(self, settings: Settings) -> None:
+        keep_patient_data_out_of_logs()
         logging.basicConfig(level=settings.log_level)
         self.settings = settings
         self.core = CoreHandle(
@@ -85,7 +85,7 @@ class DicomAdapter:
         self.storage = Storage(settings.storage)
         self.spool = Spool(settings.spool_dir)
         self.config: DicomConfig = self.core.call("dicom_config")
-        _, self.client_ssl = _ssl_contexts(settings)
+        self.client_tls = ClientTls(settings.dicom.tls)
         self.receivers = [
             DicomReceiver.options(**on_head_node()).remote(settings, self.config, index)  # type: ignore[attr-defined]
             for index in range(settings.dicom.receivers)
@@ -94,17 +94,22 @@ class DicomAdapter:
         self.closer = GroupCloser(self.spool, self.storage, self.core)
         self._stop = threading.Event()
         self._worker = f"dicom-adapter-{os.getpid()}"
-        for target, period in (
-            (self._refresh_config, 2.0),
-            (self._ingest, 1.0),
-            (self._export, 0.5),
-        ):
+        for target, period in ((self._refresh_config, 2.0), (self._ingest, 1.0)):
             threading.Thread(
                 target=self._loop,
                 args=(target, period),
                 daemon=True,
                 name=f"clara-dicom-{target.__name__.strip('_')}",
             ).start()
+        self.exports = core_exports(
+            self.core, self.storage, settings.dicom, self.client_tls, self._worker
+        )
+        threading.Thread(
+            target=self.exports.run,
+            args=(lambda: [d.name for d in self.config.destinations], 1.0),
+            daemon=True,
+            name="clara-dicom-export",
+        ).start()
         log.info(
             "DICOM adapter listening on %s:%d as %s with %d receivers",
             settings.dicom.host,
@@ -138,14 +143,6 @@ class DicomAdapter:
     def _ingest(self) -> None:
         self.closer.tick(self.config)
 
-    def _export(self) -> bool:
-        claimed = self.core.call("claim_export", self._worker)
-        if claimed is None:
-            return False
-        outcome = run_export(self.storage, self.settings.dicom, claimed, self.client_ssl)
-        self.core.call("export_finished", claimed["export"].export_id, **outcome)
-        return True
-
     def status(self) -> dict[str, Any]:
         d = self.settings.dicom
         return {
@@ -155,6 +152,7 @@ class DicomAdapter:
             "tls": d.tls.enabled,
             "durability": d.durability,
             "receivers": ray.get([r.info.remote() for r in self.receivers]),
+            "exports_in_flight": self.exports.in_flight(),
             "aetitles": [a.ae_title for a in self.config.aetitles],
         }
 
@@ -174,7 +172,7 @@ class DicomAdapter:
         return echo(
             dest,
             calling_ae=self.settings.dicom.ae_title,
-            ssl_context=self.client_ssl if dest.tls else None,
+            ssl_context=self.client_tls() if dest.tls else None,
         )
 
 

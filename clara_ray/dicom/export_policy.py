@@ -10,7 +10,8 @@ A failure is worth retrying when the destination may accept later:
 - ``"retry"``: unreachable (refused, reset, no route), the association timed
   out or was aborted, a *transient* rejection (A-ASSOCIATE-RJ result 2, e.g.
   temporary congestion or local limit exceeded), and instances refused for
-  lack of resources (0xA7xx) or left unanswered when the association ended;
+  lack of resources (0xA7xx), left unanswered when the association ended, or
+  not sent before the attempt's lease ran out;
 - ``"fail"``: a *permanent* rejection (A-ASSOCIATE-RJ result 1, e.g. called
   or calling AE title not recognised), a TLS handshake failure, no acceptable
   presentation context, and results where every failed instance was refused

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import logging
+import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from clara_ray.dicom.config import DestinationConfig, DicomSettings
 from clara_ray.dicom.export_policy import classify, next_delay, should_retry
-from clara_ray.dicom.scu import DicomSendError, describe_status, send_files
+from clara_ray.dicom.scu import DicomSendError, describe_status, overrun_seconds, send_files
+from clara_ray.errors import ConfigError
 from clara_ray.export_manifest import result_path
 from clara_ray.storage import Storage
 
-__all__ = ["ExportOutcome", "run_export"]
+__all__ = ["SEND_TIMEOUT_SECONDS", "ExportOutcome", "run_export"]
 
-log = logging.getLogger(__name__)
+SEND_TIMEOUT_SECONDS = 30.0
+"""Bound of the TCP connect and of each wait for an association or DIMSE message."""
 
 ExportOutcome = dict[str, Any]
 """Keyword arguments for ``Core.export_finished``: ok, reason, retry_in, sent."""
@@ -30,40 +33,76 @@ def _local_files(storage: Storage, job_id: str, refs: list[str], scratch: Path) 
         if local is None:
             local = scratch / ref
             storage.copy_out(path, local)
+        elif not local.is_file():
+            raise FileNotFoundError(f"result {ref} is missing (expected at {local})")
         paths.append(local)
     return paths
 
 
+def _where(destination: DestinationConfig) -> str:
+    return (
+        f"destination {destination.name!r} "
+        f"(AE {destination.ae_title!r} at {destination.host}:{destination.port})"
+    )
+
+
 def run_export(
-    storage: Storage, settings: DicomSettings, claimed: dict[str, Any], ssl_context: Any = None
+    storage: Storage,
+    settings: DicomSettings,
+    claimed: dict[str, Any],
+    client_tls: Callable[[], ssl.SSLContext],
+    *,
+    lease_end: float | None = None,
+    timeout: float = SEND_TIMEOUT_SECONDS,
 ) -> ExportOutcome:
-    """Send a claimed export (``Core.claim_export``'s answer); return its outcome."""
+    """Send a claimed export (``Core.claim_export``'s answer); return its outcome.
+
+    ``client_tls`` gives the client context for a destination with ``tls``
+    (:class:`~clara_ray.dicom.tls.ClientTls`); it is not called otherwise.
+    With ``lease_end`` (a :func:`time.monotonic` time) the send stops starting
+    instances early enough to end before it (see
+    :func:`~clara_ray.dicom.scu.overrun_seconds`); instances not sent then are
+    a retryable failure.
+    """
     record = claimed["export"]
     destination = DestinationConfig.model_validate(claimed["destination"])
     attempt = record.attempts
+    try:
+        ssl_context = client_tls() if destination.tls else None
+    except ConfigError as exc:
+        return {
+            "ok": False,
+            "reason": f"cannot send to {_where(destination)} over TLS: {exc}",
+            "retry_in": None,
+        }
+    deadline = None if lease_end is None else lease_end - overrun_seconds(timeout)
     with tempfile.TemporaryDirectory(prefix="clara-export-") as scratch:
         try:
             files = _local_files(storage, record.job_id, list(record.files), Path(scratch))
+        except (OSError, ValueError) as exc:
+            return {
+                "ok": False,
+                "reason": f"cannot read the results of job {record.job_id} to export: {exc}",
+                "retry_in": None,
+            }
+        try:
             result = send_files(
                 destination,
                 files,
                 calling_ae=settings.ae_title,
-                ssl_context=ssl_context if destination.tls else None,
+                ssl_context=ssl_context,
+                timeout=timeout,
+                deadline=deadline,
             )
         except DicomSendError as exc:
-            return _failure(str(exc), classify(exc), attempt, settings, 0)
-        except (OSError, ValueError) as exc:
-            return {
-                "ok": False,
-                "reason": f"cannot read the results to export: {exc}",
-                "retry_in": None,
-            }
+            sent = exc.result.sent if exc.result is not None else 0
+            return _failure(str(exc), classify(exc), attempt, settings, sent)
     if not result.failed:
         return {"ok": True, "sent": result.sent}
     name, status = result.failed[0]
     detail = describe_status(status) if isinstance(status, int) else status
     reason = (
-        f"{len(result.failed)} of {len(files)} instances not stored by {destination.name} "
+        f"{len(result.failed)} of {len(files)} instances not stored by {_where(destination)} "
         f"(first: {Path(name).name}: {detail})"
     )
     return _failure(reason, classify(result), attempt, settings, result.sent)

@@ -76,6 +76,7 @@ __all__ = [
     "SendResult",
     "describe_status",
     "echo",
+    "overrun_seconds",
     "plan_associations",
     "read_entry",
     "send_files",
@@ -101,6 +102,25 @@ REASON_ABORTED = "aborted"
 """The association ended before the instance was answered (transient)."""
 REASON_TIMEOUT = "timeout"
 """No response within the timeout; the association was aborted (transient)."""
+
+
+_PAST_DEADLINE = (
+    f"{REASON_TIMEOUT}: not sent before the export's lease ran out "
+    "(dicom.export.lease_seconds bounds one attempt)"
+)
+
+
+def overrun_seconds(timeout: float) -> float:
+    """The longest :func:`send_files` runs past its ``deadline`` with this ``timeout``.
+
+    Checked just before the deadline, an association request may still take
+    two tries (each a connect and an answer, ``2 * timeout``, then a wait for
+    the association's thread, ``timeout``) and the diagnosis of a failed
+    connection (a connect and a TLS handshake, about 5 s each); the association is then released (``timeout``) and its thread
+    joined (``timeout``).  An instance started before the deadline takes
+    ``timeout`` at most, followed by the same release and join.
+    """
+    return 8 * timeout + 20
 
 
 def _where(destination: DestinationConfig) -> str:
@@ -337,6 +357,30 @@ def _diagnose_connect(destination: DestinationConfig, timeout: float) -> str:
         return exc.strerror or str(exc) or type(exc).__name__
 
 
+def _diagnose_tls(destination: DestinationConfig, context: ssl.SSLContext, timeout: float) -> str:
+    """Why a TLS handshake with ``destination`` fails (pynetdicom only logs it)."""
+    address = (destination.host, destination.port)
+    try:
+        with (
+            socket.create_connection(address, timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=destination.host),
+        ):
+            return ""
+    except ssl.SSLCertVerificationError as exc:
+        return (
+            f"the peer's certificate is not trusted ({exc.verify_message}); its CA must be in "
+            "dicom.tls.ca_certificates, or in the system CA store when that is unset "
+            "(SSL_CERT_FILE / SSL_CERT_DIR)"
+        )
+    except ssl.SSLError as exc:
+        return f"TLS error {exc.reason or exc}"
+    except OSError as exc:
+        return (
+            f"the peer ended the handshake ({exc.strerror or exc or type(exc).__name__}): "
+            "not a TLS port, or it refused our certificate"
+        )
+
+
 def _associate(
     ae: AE,
     destination: DestinationConfig,
@@ -410,11 +454,12 @@ def _associate_once(
         if not opened:
             reason = _diagnose_connect(destination, min(timeout, 5.0))
             if ssl_context is not None and not reason:
+                why = _diagnose_tls(destination, ssl_context, min(timeout, 5.0))
                 raise DicomSendError(
                     destination,
                     "tls",
                     "unreachable over TLS: the TCP connection opens but the TLS handshake "
-                    "failed (certificate, CA or protocol mismatch)",
+                    f"failed: {why or 'certificate, CA or protocol mismatch'}",
                 )
             raise DicomSendError(
                 destination, "unreachable", f"unreachable: {reason or 'connection failed'}"
@@ -494,6 +539,7 @@ def _send_plan(
     timeout: float,
     max_pdu: int,
     progress: Callable[[int], None] | None,
+    deadline: float | None,
 ) -> None:
     contexts = [build_context(sop, ts) for sop, ts in plan.contexts]
     started = time.monotonic()
@@ -509,6 +555,8 @@ def _send_plan(
         for entry in plan.files:
             if not assoc.is_established:
                 outcome: int | str = f"{REASON_ABORTED}: not sent, the association had ended"
+            elif deadline is not None and time.monotonic() >= deadline:
+                outcome = _PAST_DEADLINE
             else:
                 outcome = _send_one(assoc, entry, accepted, timeout)
             if isinstance(outcome, int) and code_to_category(outcome) in _STORED:
@@ -560,6 +608,7 @@ def send_files(
     timeout: float = 30,
     max_pdu: int = 131072,
     progress: Callable[[int], None] | None = None,
+    deadline: float | None = None,
 ) -> SendResult:
     """C-STORE ``files`` to ``destination`` as ``calling_ae``; see the module docstring.
 
@@ -568,6 +617,11 @@ def send_files(
     split to the peer's advertised maximum).  ``progress`` is called after each
     file with the number of files handled so far (sent or failed).  Files that
     cannot be read are reported in :attr:`SendResult.failed` and not sent.
+
+    With ``deadline`` (a :func:`time.monotonic` time), no association is
+    requested and no instance is sent after it; the files left are reported as
+    failed (``"timeout:"``, retryable) and the call returns at most
+    :func:`overrun_seconds` ``(timeout)`` after the deadline.
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
@@ -586,6 +640,11 @@ def send_files(
     ae = _make_ae(calling_ae, timeout)
     try:
         for plan in plan_associations(entries):
+            if deadline is not None and time.monotonic() >= deadline:
+                result.failed.extend((entry.name, _PAST_DEADLINE) for entry in plan.files)
+                if progress is not None:
+                    progress(result.sent + len(result.failed))
+                continue
             _send_plan(
                 ae,
                 destination,
@@ -595,6 +654,7 @@ def send_files(
                 timeout=timeout,
                 max_pdu=max_pdu,
                 progress=progress,
+                deadline=deadline,
             )
     except DicomSendError as exc:
         result.seconds = time.monotonic() - started

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ssl
+import threading
 from pathlib import Path
 
 from clara_ray.dicom.config import TlsSettings
 from clara_ray.errors import ConfigError
 
-__all__ = ["client_ssl_context", "server_ssl_context"]
+__all__ = ["ClientTls", "client_ssl_context", "server_ssl_context"]
 
 
 def _readable(field: str, path: Path | None) -> Path:
@@ -58,16 +59,43 @@ def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
 
 def client_ssl_context(tls: TlsSettings, *, check_hostname: bool = True) -> ssl.SSLContext:
     """The exporter's context: TLS 1.2 or newer, the peer verified against
-    ``ca_certificates`` (the system store when unset), and our certificate
-    presented when one is configured (for peers that require client certificates)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ``ca_certificates``, or against the system CA store when that is unset, and
+    our certificate presented when one is configured (for peers that require
+    client certificates).
+
+    The system store is OpenSSL's default, read when the context is made:
+    ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` in the environment replace the
+    system's bundle and folder, as for every OpenSSL client.
+    """
+    if tls.ca_certificates is None:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        _load_ca(ctx, tls)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = check_hostname
     ctx.verify_mode = ssl.CERT_REQUIRED
-    if tls.ca_certificates is not None:
-        _load_ca(ctx, tls)
-    else:
-        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if tls.certificate is not None and tls.private_key is not None:
         _load_chain(ctx, tls)
     return ctx
+
+
+class ClientTls:
+    """The exporter's client context, made on first use and kept.
+
+    Made lazily so that an adapter without TLS destinations never depends on
+    the TLS files; a configuration error (:class:`ConfigError`, naming the
+    setting) is raised on each use until the files are fixed, so fixing them
+    needs no restart.
+    """
+
+    def __init__(self, tls: TlsSettings) -> None:
+        self.tls = tls
+        self._context: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._context is None:
+                self._context = client_ssl_context(self.tls)
+            return self._context

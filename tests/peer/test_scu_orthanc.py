@@ -323,3 +323,57 @@ def test_tls_to_a_plain_peer_fails_the_handshake(
     assert caught.value.kind == "tls"
     assert classify(caught.value) == "fail"
     assert orthanc.instances() == []
+
+
+@pytest.fixture
+def slow_scp():
+    """A pynetdicom Storage SCP taking 0.2 s to answer each C-STORE; yields its destination."""
+    ae = AE(ae_title="SLOW")
+    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+
+    def on_store(event: evt.Event) -> int:
+        time.sleep(0.2)
+        return 0x0000
+
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        yield DestinationConfig(
+            name="SLOW", ae_title="SLOW", host="127.0.0.1", port=server.server_address[1]
+        )
+    finally:
+        server.shutdown()
+
+
+def test_a_send_stops_at_its_deadline_and_reports_the_rest_for_a_retry(
+    slow_scp: DestinationConfig, ct_files: list[Path]
+) -> None:
+    started = time.monotonic()
+    result = send_files(slow_scp, ct_files, calling_ae=CALLING, deadline=started + 1.2)
+
+    assert time.monotonic() - started < 1.2 + 2.0  # one C-STORE and the release past it
+    assert 1 <= result.sent < len(ct_files)
+    assert len(result.failed) == len(ct_files) - result.sent
+    assert [name for name, _ in result.failed] == [str(f) for f in ct_files[result.sent :]]
+    assert all(
+        status == "timeout: not sent before the export's lease ran out "
+        "(dicom.export.lease_seconds bounds one attempt)"
+        for _, status in result.failed
+    )
+    assert classify(result) == "retry"
+    assert _no_requestor_threads()
+
+
+def test_a_send_past_its_deadline_opens_no_association(ct_files: list[Path]) -> None:
+    closed = DestinationConfig(name="PACS", ae_title="PACS", host="127.0.0.1", port=free_port())
+    seen: list[int] = []
+
+    result = send_files(
+        closed, ct_files, calling_ae=CALLING, deadline=time.monotonic(), progress=seen.append
+    )
+
+    assert result.sent == 0
+    assert len(result.failed) == len(ct_files)
+    assert seen == [len(ct_files)]
+    assert classify(result) == "retry"
