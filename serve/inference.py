@@ -64,6 +64,7 @@ from clara_ray.inference.protocol import (
     validate_request,
 )
 from clara_ray.inference.repository import ModelEntry, ModelRepository, ModelRepositoryError
+from clara_ray.phi import keep_patient_data_out_of_logs
 
 __all__ = [
     "APP_NAME",
@@ -224,6 +225,7 @@ class ModelDeployment:
     """Every served version of one model; requests are batched by :meth:`_run_batch`."""
 
     def __init__(self, plan: _Plan) -> None:
+        keep_patient_data_out_of_logs()
         self.plan = plan
         self.entry = plan.entry
         self.name = plan.entry.name
@@ -426,6 +428,7 @@ class InferenceIngress:
     def __init__(
         self, entries: dict[str, ModelEntry], handles: dict[str, Any], max_request_bytes: int
     ) -> None:
+        keep_patient_data_out_of_logs()
         self.entries = entries
         self.handles = handles
         self.max_request_bytes = max_request_bytes

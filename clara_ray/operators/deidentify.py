@@ -16,25 +16,43 @@ element of every dataset (sequences and file meta included):
 dicognito leaves alone several attributes whose Basic Profile action (PS3.15
 Table E.1-1) is X (remove), Z (empty) or D (dummy); :class:`Deidentifier`
 completes it for those found in image objects: it removes private elements,
-overlay (60xx) and curve (50xx) groups, icon images, digital signatures, free
-text comments and descriptions, patient demographics, visit, request and
-procedure-step attributes (see ``_REMOVE``), empties Patient's Birth Date and
-Patient's Sex (``_EMPTY``), replaces device serial numbers with dummies, and
-keeps well-known DICOM UIDs (``1.2.840.10008.*``) unchanged.  It then sets
-Patient Identity Removed ``YES``, Longitudinal Temporal Information Modified
-``MODIFIED``, De-identification Method and its code sequence (DCM 113100 and
-113107).
+overlay (60xx) and curve (50xx) groups, icon images, digital signatures and
+encrypted attributes, free text (comments, descriptions, protocol names,
+labels, topics), structured content (Content Sequence and Text Value at every
+depth), interpretation and results attributes, document authors,
+participants, custodians and predecessors, patient demographics, visit,
+request and procedure-step attributes (see ``_REMOVE``), empties Patient's
+Birth Date and Patient's Sex (``_EMPTY``), replaces device serial numbers with
+dummies, and keeps well-known DICOM UIDs (``1.2.840.10008.*``) unchanged.  It
+then sets Patient Identity Removed ``YES``, Longitudinal Temporal Information
+Modified ``MODIFIED``, De-identification Method and its code sequence (DCM
+113100 and 113107).
 
-Pixel data are not examined (no Clean Pixel Data option): instances whose
-Burned In Annotation is ``YES`` are skipped with a warning, never exported.
-Structured report content and encapsulated documents are not cleaned beyond
-what dicognito does (names, IDs, dates, UIDs).
+Profile options (PS3.15 Table E.1-1, CID 7050):
+
+* Retain Longitudinal Temporal Information with Modified Dates: implemented
+  (dates shifted, DCM 113107).
+* Retain UIDs, Retain Device Identity, Retain Institution Identity, Retain
+  Patient Characteristics, Retain Safe Private, Retain Longitudinal Temporal
+  Information with Full Dates: not implemented (UIDs remapped, device serials
+  dummied, institution replaced, characteristics emptied or removed, private
+  elements removed, dates shifted).
+* Clean Descriptors, Clean Structured Content, Clean Graphics: not
+  implemented; what they would clean is removed instead (an SR document thus
+  keeps no content tree).  ``keep_series_description`` retains Series
+  Description verbatim, outside the profile, and says so in
+  De-identification Method.
+* Clean Pixel Data, Clean Recognizable Visual Features: not implemented.
+  Images likely to show identity in their pixels are refused instead (see
+  :func:`refusal_reason`): Burned In Annotation anything but ``NO``, or,
+  without it, Secondary Capture SOP classes and Modality US, SC or XC.
+  Encapsulated documents (PDF, CDA, ...) are refused too.
 """
 
 from __future__ import annotations
 
 import io
-import logging
+import json
 import re
 import secrets
 from collections.abc import Iterable, Iterator
@@ -65,6 +83,7 @@ __all__ = [
     "MODIFIED_DATES_OPTION",
     "Deidentifier",
     "deidentify",
+    "refusal_reason",
 ]
 
 BASIC_PROFILE = ("113100", "DCM", "Basic Application Confidentiality Profile")
@@ -79,6 +98,7 @@ MODIFIED_DATES_OPTION = (
 MIN_SALT_LENGTH = 16
 """A salt is a secret key: anyone who knows it can confirm a guessed name or ID."""
 
+_REFUSED = "refused.json"
 _UID_NAME = re.compile(r"^[0-9.]{1,64}$")
 _WELL_KNOWN_UID_ROOT = "1.2.840.10008."
 
@@ -144,6 +164,16 @@ _REMOVE = _tags(
     "StudyDescription", "SeriesDescription", "StudyComments", "StudyIDIssuer", "ImageComments",
     "AcquisitionComments", "FrameComments", "DerivationDescription", "ImagePresentationComments",
     "IdentifyingComments", "CommentsOnRadiationDose", "ProtocolName", "TextComments", "TextString",
+    "AcquisitionDeviceProcessingDescription", "DeviceDescription", "ContributionDescription",
+    "DischargeDiagnosisDescription", "LabelText", "TopicTitle", "TopicSubject", "TopicAuthor",
+    "TopicKeywords",
+    # structured content, interpretations, results and documents
+    "ContentSequence", "TextValue", "AuthorObserverSequence", "ParticipantSequence",
+    "CustodialOrganizationSequence", "VerifyingOrganization", "PredecessorDocumentsSequence",
+    "IdenticalDocumentsSequence", "ReferencedRequestSequence", "InterpretationText",
+    "InterpretationDiagnosisDescription", "InterpretationRecorder", "InterpretationTranscriber",
+    "InterpretationApproverSequence", "InterpretationAuthor", "InterpretationID",
+    "InterpretationIDIssuer", "ResultsComments", "ResultsID", "ResultsIDIssuer",
     # equipment and network
     "GantryID", "GeneratorID", "CassetteID", "PlateID", "StationAETitle", "RetrieveAETitle",
     "NetworkID", "DateOfLastCalibration", "TimeOfLastCalibration", "DateOfSecondaryCapture",
@@ -152,6 +182,7 @@ _REMOVE = _tags(
     "IconImageSequence", "DigitalSignaturesSequence", "DataSetTrailingPadding",
     "OriginalAttributesSequence", "ModifiedAttributesSequence", "MAC",
     "ReferencedDigitalSignatureSequence", "ReferencedSOPInstanceMACSequence",
+    "EncryptedAttributesSequence",
 )  # fmt: skip
 
 # Basic Profile action Z (or X/Z): emptying keeps a type 2 attribute valid.
@@ -163,6 +194,13 @@ _EMPTY = _tags(
 
 # Basic Profile action X/Z/D or X/D: replaced by a pseudonym (type 1 in some IODs).
 _DUMMY = ("DeviceSerialNumber", "DetectorID")
+
+# Images of these modalities often carry text in their pixels (ultrasound calipers and
+# labels, screenshots, photographs); pixel data are not cleaned, so they are refused unless
+# Burned In Annotation says NO.
+_BURNED_IN_MODALITIES = frozenset({"US", "SC", "XC"})
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+"""Secondary Capture Image Storage; its multi-frame family extends it (``.7.1`` to ``.7.4``)."""
 
 # Removed from the file meta information: they name the sending system.
 _FILE_META_REMOVE = _tags(
@@ -294,13 +332,18 @@ def deidentify(
             profile removes it); only when the site's descriptions are known
             to carry no identity.  Recorded in De-identification Method.
 
-    Inputs: ``payload``.  Non-DICOM files, DICOMDIRs, instances without a SOP
-    Instance UID and instances with burned-in annotation are skipped with a
-    log line naming the file.
+    Inputs: ``payload``.  Non-DICOM files are skipped with a log line naming
+    the file.  DICOM instances that are not de-identified are *refused*: a
+    DICOMDIR, an instance without SOP Class or SOP Instance UID, one with the
+    SOP Instance UID of another, and images likely to show identity in their
+    pixels (see :func:`refusal_reason`).  Each refusal is a warning naming the
+    payload file and the reason, and an entry of ``refused.json`` among the
+    operator's results; nothing of a refused instance is written or exported.
 
     Outputs: ``files``, the result paths ``"<operator>/<new SOP Instance UID>.dcm"``
     of the de-identified copies (relative to the job's results root, ready
-    for :func:`clara_ray.operators.export.export_dicom`).
+    for :func:`clara_ray.operators.export.export_dicom`), and ``refused``, the
+    ``{"file": <payload file>, "reason": ...}`` entries of ``refused.json``.
 
     Raises:
         OperatorError: the payload holds no DICOM instance to de-identify, or
@@ -312,39 +355,52 @@ def deidentify(
     deidentifier = Deidentifier(seed, keep=keep)
     log = ctx.logger
     written: dict[str, str] = {}  # output name -> payload file
+    refused: list[dict[str, str]] = []
     skipped = 0
+
+    def refuse(name: str, reason: str) -> None:
+        log.warning("refusing %s: %s", name, reason)
+        refused.append({"file": name, "reason": reason})
+
     # pydicom logs and warns invalid values verbatim: value validation stays off throughout.
     with disable_value_validation():
         for name in payload.files():
             with payload.open(name) as fp:
                 ds = _read(name, fp)
-            reason = "not a DICOM file" if ds is None else _skip_reason(ds)
-            if ds is None or reason:
-                log.log(
-                    logging.INFO if ds is None else logging.WARNING, "skipping %s: %s", name, reason
-                )
+            if ds is None:
+                log.info("skipping %s: not a DICOM file", name)
                 skipped += 1
+                continue
+            reason = refusal_reason(ds)
+            if reason:
+                refuse(name, reason)
                 continue
             out_name, data = _deidentify_one(name, ds, deidentifier)
             if out_name in written:
-                log.warning("skipping %s: same SOP Instance UID as %s", name, written[out_name])
-                skipped += 1
+                refuse(name, f"same SOP Instance UID as {written[out_name]}")
                 continue
             ctx.results.write_bytes(out_name, data)
             written[out_name] = name
+    if refused:
+        ctx.results.write_bytes(_REFUSED, json.dumps(refused, indent=2).encode())
     if not written:
         raise OperatorError(
             f"payload {payload.payload_id} holds no DICOM instance to de-identify "
-            f"({skipped} file(s) skipped)"
+            f"({skipped + len(refused)} file(s) skipped, {len(refused)} of them refused)"
         )
     log.info(
-        "de-identified %d DICOM instances of payload %s for job %s (%d files skipped)",
+        "de-identified %d DICOM instances of payload %s for job %s "
+        "(%d non-DICOM files skipped, %d instances refused)",
         len(written),
         payload.payload_id,
         ctx.job_id,
         skipped,
+        len(refused),
     )
-    return {"files": [result_ref(ctx.operator, out_name) for out_name in written]}
+    return {
+        "files": [result_ref(ctx.operator, out_name) for out_name in written],
+        "refused": refused,
+    }
 
 
 def _deidentify_one(name: str, ds: Dataset, deidentifier: Deidentifier) -> tuple[str, bytes]:
@@ -366,13 +422,39 @@ def _deidentify_one(name: str, ds: Dataset, deidentifier: Deidentifier) -> tuple
     return f"{uid}.dcm", buffer.getvalue()
 
 
-def _skip_reason(ds: Dataset) -> str | None:
-    """Why an instance is not de-identified, or None."""
+def refusal_reason(ds: Dataset) -> str | None:
+    """Why the instance ``ds`` is not de-identified (never quoting a value), or None.
+
+    Encapsulated documents are refused: their content is not examined.
+    Pixel data are not cleaned, so an image is refused when its Burned In
+    Annotation is anything but ``NO``, and, when it has none, when it is a
+    Secondary Capture (any SOP class of that family) or its Modality is US, SC
+    or XC.  Other images without Burned In Annotation (CT, MR, ...) pass.
+    """
     media_class = getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID")
-    if MediaStorageDirectoryStorage in (media_class, ds.get("SOPClassUID")):
+    sop_class = str(ds.get("SOPClassUID") or "")
+    if MediaStorageDirectoryStorage in (media_class, sop_class):
         return "a DICOMDIR (its records are not de-identified; the instances are)"
-    if not ds.get("SOPInstanceUID") or not ds.get("SOPClassUID"):
+    if not ds.get("SOPInstanceUID") or not sop_class:
         return "no SOP Class or SOP Instance UID"
-    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+    if "EncapsulatedDocument" in ds:
+        return "an encapsulated document (PDF, CDA, ...: its content is not examined)"
+    burned_in = str(ds.get("BurnedInAnnotation") or "").strip().upper()
+    if burned_in == "YES":
         return "Burned In Annotation is YES (pixel data are not cleaned)"
+    if burned_in and burned_in != "NO":
+        return "Burned In Annotation is neither YES nor NO (pixel data are not cleaned)"
+    if burned_in == "NO":
+        return None
+    if sop_class == _SECONDARY_CAPTURE or sop_class.startswith(_SECONDARY_CAPTURE + "."):
+        return (
+            "a Secondary Capture image without Burned In Annotation NO "
+            "(it may show text in its pixels, which are not cleaned)"
+        )
+    modality = str(ds.get("Modality") or "").strip().upper()
+    if modality in _BURNED_IN_MODALITIES:
+        return (
+            f"a {modality} image without Burned In Annotation NO "
+            "(it may show text in its pixels, which are not cleaned)"
+        )
     return None

@@ -11,6 +11,7 @@ from typing import Any
 
 from clara_ray.context import OperatorContext
 from clara_ray.errors import OperatorError
+from clara_ray.phi import PydicomRecordFilter
 from clara_ray.pipeline.load import import_operator
 from clara_ray.pipeline.spec import ServiceSpec
 from clara_ray.storage import Storage
@@ -71,15 +72,23 @@ class ServiceClients(Mapping[str, Any]):
         return len(self._specs)
 
 
+def _no_quoted_data(record: logging.LogRecord) -> bool:
+    """Whether a record may be kept: never pydicom's (they quote element values), and
+    highdicom's only from WARNING up (below, they name every source instance's UID)."""
+    if not PydicomRecordFilter().filter(record):
+        return False
+    is_highdicom = record.name == "highdicom" or record.name.startswith("highdicom.")
+    return not is_highdicom or record.levelno >= logging.WARNING
+
+
 class _Capture(logging.Handler):
-    """Collects the operator's log records; pydicom's are left out, since they quote
-    element values verbatim (patient data must never reach a log)."""
+    """Collects the operator's log records, less those that quote DICOM data."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.buffer = io.StringIO()
         self.setFormatter(logging.Formatter(_LOG_FORMAT))
-        self.addFilter(lambda record: not record.name.startswith("pydicom"))
+        self.addFilter(_no_quoted_data)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.buffer.write(self.format(record) + "\n")

@@ -8,6 +8,7 @@ from typing import Any
 
 import ray
 
+from clara_ray.phi import keep_patient_data_out_of_logs
 from clara_ray.runner.execute import OperatorCall, run_operator_call
 
 __all__ = ["operator_task"]
@@ -22,6 +23,7 @@ def operator_task(call: OperatorCall, runner: Any, *values: Any) -> Any:
     ``call.input_names``.  ``runner`` (the actor hosting the job's run) is told when
     the operator starts, so it can enforce timeouts and report the node and GPUs.
     """
+    keep_patient_data_out_of_logs()
     ctx = ray.get_runtime_context()
     gpu_ids = tuple(int(g) for g in ray.get_gpu_ids())
     node_id = ctx.get_node_id()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,14 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import CTImageStorage, generate_uid
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from clara_ray.context import OperatorContext
 from clara_ray.errors import OperatorError
@@ -349,3 +357,182 @@ def test_deidentifier_keeps_well_known_uids_and_merges_previous_codes() -> None:
     assert ds.DeidentificationMethodCodeSequence[0].CodingSchemeUID == "1.2.840.10008.2.16.4"
     assert ds.DeidentificationMethod[0] == "an earlier tool"
     assert "DICOGNITO" not in ds.DeidentificationMethod
+
+
+def _payload_of(tmp_path: Path, edit: Callable[[Dataset], None], slices: int = 2) -> Source:
+    """A CT series of ``slices`` files, none with Burned In Annotation; ``edit`` applied to
+    the first one."""
+    folder = tmp_path / "study"
+    paths = write_ct_series(
+        generate_phantom(slices=slices, rows=32, columns=32),
+        folder,
+        patient_name=NAME,
+        patient_id=PATIENT_ID,
+        patient_birth_date=BIRTH_DATE,
+    )
+    for i, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        del ds.BurnedInAnnotation
+        if i == 0:
+            edit(ds)
+        ds.save_as(path, enforce_file_format=True)
+    storage = Storage(str(tmp_path / "store"))
+    storage.upload_payload("p", folder)
+    storage.seal_payload("p")
+    return Source(folder, storage, "p", {})
+
+
+def _text_item(text: str) -> Dataset:
+    item = Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = "TEXT"
+    item.TextValue = text
+    return item
+
+
+def _add_structured_content_and_free_text(ds: Dataset) -> None:
+    container = Dataset()
+    container.RelationshipType = "CONTAINS"
+    container.ValueType = "CONTAINER"
+    container.ContentSequence = Sequence([_text_item(f"{NAME} seen on {BIRTH_DATE}")])
+    ds.ContentSequence = Sequence([container, _text_item(f"MRN {PATIENT_ID}")])
+    ds.TextValue = f"report for {NAME}"
+    ds.InterpretationText = f"{NAME}: no findings"
+    ds.ResultsComments = f"call {NAME}"
+    ds.AcquisitionDeviceProcessingDescription = f"protocol of {PATIENT_ID}"
+    ds.LabelText = NAME
+    ds.TopicTitle = f"case {PATIENT_ID}"
+    author = Dataset()
+    author.PersonName = NAME
+    ds.AuthorObserverSequence = Sequence([author])
+    ds.VerifyingOrganization = f"{NAME} clinic"
+
+
+FREE_TEXT = (
+    "ContentSequence",
+    "TextValue",
+    "InterpretationText",
+    "ResultsComments",
+    "AcquisitionDeviceProcessingDescription",
+    "LabelText",
+    "TopicTitle",
+    "AuthorObserverSequence",
+    "VerifyingOrganization",
+)
+
+
+def test_structured_content_and_free_text_removed(tmp_path: Path) -> None:
+    src = _payload_of(tmp_path, _add_structured_content_and_free_text)
+    outputs = _run(src)
+    assert len(outputs) == 2
+    for path in outputs:
+        raw = path.read_bytes()
+        for secret in SECRETS:
+            assert secret.encode() not in raw, f"{secret!r} in the bytes of {path.name}"
+        ds = pydicom.dcmread(path)
+        kept = [e.keyword for e in _elements(ds) if e.keyword in FREE_TEXT]
+        assert kept == [], f"{kept} kept in {path.name}"
+
+
+def _secondary_capture(sop_class: str, modality: str = "OT") -> Callable[[Dataset], None]:
+    def edit(ds: Dataset) -> None:
+        ds.SOPClassUID = sop_class
+        ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+        ds.Modality = modality
+
+    return edit
+
+
+def _add_pdf(ds: Dataset) -> None:
+    ds.BurnedInAnnotation = "NO"
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = f"%PDF-1.4 referral for {NAME}".encode()
+
+
+def _set(**attributes: str) -> Callable[[Dataset], None]:
+    def edit(ds: Dataset) -> None:
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (_set(Modality="US"), "a US image without Burned In Annotation NO"),
+        (_set(Modality="SC"), "a SC image without Burned In Annotation NO"),
+        (_set(Modality="XC"), "a XC image without Burned In Annotation NO"),
+        (_set(Modality="US", BurnedInAnnotation="YES"), "Burned In Annotation is YES"),
+        (_set(BurnedInAnnotation="YES"), "Burned In Annotation is YES"),
+        (_set(BurnedInAnnotation="MAYBE"), "Burned In Annotation is neither YES nor NO"),
+        (_secondary_capture(SecondaryCaptureImageStorage), "a Secondary Capture image"),
+        (
+            _secondary_capture(MultiFrameGrayscaleByteSecondaryCaptureImageStorage, "CT"),
+            "a Secondary Capture image",
+        ),
+        (
+            _secondary_capture(MultiFrameTrueColorSecondaryCaptureImageStorage),
+            "a Secondary Capture image",
+        ),
+        (_add_pdf, "an encapsulated document"),
+    ],
+    ids=[
+        "us",
+        "sc",
+        "xc",
+        "us-yes",
+        "ct-yes",
+        "ct-other-value",
+        "secondary-capture",
+        "multi-frame-grayscale-byte-sc",
+        "multi-frame-true-color-sc",
+        "encapsulated-pdf",
+    ],
+)
+def test_images_likely_to_show_text_in_pixels_are_refused_with_reason(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    edit: Callable[[Dataset], None],
+    reason: str,
+) -> None:
+    src = _payload_of(tmp_path, edit)
+    refused_file = sorted(p.name for p in src.folder.iterdir())[0]
+    refused_uid = str(pydicom.dcmread(src.folder / refused_file).SOPInstanceUID)
+    ctx = _context(src)
+    caplog.set_level(logging.INFO)
+    outputs = deidentify(ctx, ctx.payload)
+    assert len(outputs["files"]) == 1
+    assert [r["file"] for r in outputs["refused"]] == [refused_file]
+    assert outputs["refused"][0]["reason"].startswith(reason)
+    results = Path(src.storage.results_root("job-1")) / OPERATOR
+    assert json.loads((results / "refused.json").read_text()) == outputs["refused"]
+    forwarded = [pydicom.dcmread(results / posixpath.basename(f)) for f in outputs["files"]]
+    assert refused_uid not in {str(ds.SOPInstanceUID) for ds in forwarded}
+    assert len(list(results.glob("*.dcm"))) == 1  # nothing of the refused instance written
+    assert any(refused_file in r.getMessage() and reason in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [_set(), _set(Modality="MR"), _set(Modality="US", BurnedInAnnotation="NO")],
+    ids=["ct-without-burned-in-annotation", "mr-without-burned-in-annotation", "us-no"],
+)
+def test_images_without_burned_in_risk_pass(
+    tmp_path: Path, edit: Callable[[Dataset], None]
+) -> None:
+    src = _payload_of(tmp_path, edit)
+    ctx = _context(src)
+    outputs = deidentify(ctx, ctx.payload)
+    assert len(outputs["files"]) == 2
+    assert outputs["refused"] == []
+    assert not (Path(src.storage.results_root("job-1")) / OPERATOR / "refused.json").exists()
+
+
+def test_only_refused_instances_is_an_error_naming_the_count(tmp_path: Path) -> None:
+    src = _payload_of(tmp_path, _set(Modality="US"), slices=1)
+    ctx = _context(src)
+    with pytest.raises(OperatorError, match=r"1 file\(s\) skipped, 1 of them refused"):
+        deidentify(ctx, ctx.payload)
+    refused = Path(src.storage.results_root("job-1")) / OPERATOR / "refused.json"
+    assert [r["file"] for r in json.loads(refused.read_text())] == ["CT000001.dcm"]
