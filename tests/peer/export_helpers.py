@@ -22,24 +22,9 @@ from clara_ray.core.exports import ExportRecord
 from clara_ray.dicom.config import DestinationConfig
 from clara_ray.export_manifest import result_path
 from clara_ray.storage import Storage
+from tests.launchers import NoRunners
 
 __all__ = ["Bench", "black_hole"]
-
-
-class _NoRunners:
-    """The Core's launcher; no job runs on an export bench."""
-
-    def launch(self, job: Any) -> None:
-        raise AssertionError("no job is started on an export bench")
-
-    def running_jobs(self) -> set[str]:
-        return set()
-
-    def is_alive(self, job_id: str) -> bool:
-        return False
-
-    def cancel(self, job_id: str) -> None:
-        pass
 
 
 class Bench:
@@ -48,7 +33,7 @@ class Bench:
     def __init__(self, root: Path) -> None:
         self.storage = Storage(str(root / "storage"))
         self.store = SQLiteStore(root / "state" / "clara.db")
-        self.core = CoreService(self.store, self.storage, _NoRunners())
+        self.core = CoreService(self.store, self.storage, NoRunners())
         self._lock = threading.Lock()
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:

@@ -22,6 +22,7 @@ from clara_ray.core.exports import ExportRecord, ExportState
 from clara_ray.dicom.config import ExportSettings
 from clara_ray.dicom.export_workers import ExportScheduler
 from clara_ray.storage import Storage
+from tests.launchers import NoRunners
 
 DEADLINE_S = 5.0
 
@@ -209,20 +210,6 @@ def test_a_failing_send_is_recorded_as_failed_and_frees_its_slot(made, caplog) -
 
 
 # -- against the Core's claim -----------------------------------------------------------
-
-
-class NoRunners:
-    def launch(self, job: Any) -> None:
-        raise AssertionError("no job is started here")
-
-    def running_jobs(self) -> set[str]:
-        return set()
-
-    def is_alive(self, job_id: str) -> bool:
-        return False
-
-    def cancel(self, job_id: str) -> None:
-        pass
 
 
 @pytest.fixture
