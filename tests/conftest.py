@@ -21,7 +21,8 @@ PIPELINES = Path(__file__).resolve().parent / "pipelines"
 
 def _isolate_from_the_users_home() -> None:
     """The suite sees what a fresh machine sees: an empty home (no Ray token, no data dir,
-    no caches) and none of the user's clara-ray or Ray connection settings.
+    no caches) and none of the user's clara-ray or Ray connection settings; Ray runs with
+    token authentication, as the platform's entry points (CLI, ``clara_ray.run``) set it.
 
     Done at import, before anything imports Ray, which reads these once.
     """
@@ -35,6 +36,7 @@ def _isolate_from_the_users_home() -> None:
             "RAY_AUTH_TOKEN_PATH",
         ):
             del os.environ[name]
+    os.environ["RAY_AUTH_MODE"] = "token"
 
 
 _isolate_from_the_users_home()
@@ -61,9 +63,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    """A local Ray with 4 CPUs and 2 declared (fake) GPUs, shared by all Ray tests."""
+    """A local Ray with 4 CPUs and 2 declared (fake) GPUs, shared by all Ray tests.
+
+    Its token is created where ``clara-ray up`` creates one (in the test home).
+    """
     import ray
 
+    from clara_ray.auth_token import ensure_local_token
+
+    ensure_local_token()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(
         address="local",
