@@ -3,10 +3,10 @@
 pynetdicom's DIMSE layer collects a request's data set by calling ``write`` on
 the message's ``data_set`` (a ``BytesIO``) once per P-DATA fragment, in the
 association's DUL thread.  The receiver puts a :class:`StreamedDataset` there
-instead (``_PromptDimse.receive_primitive`` in :mod:`clara_ray.dicom.scp`): at
+instead (``PromptDimse.receive_primitive`` in :mod:`clara_ray.dicom.scp.tuning`): at
 the first fragment of a C-STORE request it opens a spool temp file
 (:meth:`~clara_ray.dicom.spool.Spool.create_temp`) and writes the preamble and
-File Meta Information, then appends each fragment as it comes.  The C-STORE
+File Meta Information (:mod:`clara_ray.dicom.part10`), then appends each fragment as it comes.  The C-STORE
 handler then finds the whole instance in that file: it checks it through a
 read-only ``mmap`` and gives it its name in the group (one hard link), with no
 copy of the data set in the process.
@@ -21,54 +21,19 @@ pynetdicom's DUL thread: a failure to open or write the file is kept in
 from __future__ import annotations
 
 import os
-import struct
 import threading
 from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 
 from clara_ray.dicom.spool import TempFile
 
-__all__ = ["StreamedDataset", "file_preamble_and_meta", "printable"]
+__all__ = ["StreamedDataset"]
 
 Opener = Callable[[C_STORE_RQ], tuple[TempFile, bytes]]
 """Opens the temp file of a C-STORE request and returns it with the file's header."""
-
-
-def printable(text: str, limit: int) -> str:
-    return "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in text)[:limit]
-
-
-def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
-    if vr == b"OB":
-        return struct.pack("<HH2s2xL", group, element, vr, len(value)) + value
-    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
-
-
-def _even(text: str, pad: bytes) -> bytes:
-    raw = text.encode("ascii")
-    return raw + pad if len(raw) % 2 else raw
-
-
-def file_preamble_and_meta(
-    sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str
-) -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information group for a received data set."""
-    body = b"".join(
-        (
-            _element(2, 0x0001, b"OB", b"\x00\x01"),
-            _element(2, 0x0002, b"UI", _even(sop_class, b"\x00")),
-            _element(2, 0x0003, b"UI", _even(sop_instance, b"\x00")),
-            _element(2, 0x0010, b"UI", _even(transfer_syntax, b"\x00")),
-            _element(2, 0x0012, b"UI", _even(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
-            _element(2, 0x0013, b"SH", _even(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
-            _element(2, 0x0016, b"AE", _even(printable(source_ae, 16) or "UNKNOWN", b" ")),
-        )
-    )
-    return b"\x00" * 128 + b"DICM" + _element(2, 0x0000, b"UL", struct.pack("<L", len(body))) + body
 
 
 class StreamedDataset(BytesIO):

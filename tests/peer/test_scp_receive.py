@@ -15,7 +15,7 @@ from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import AssociationSocket
 
-from clara_ray.dicom.scp import StorageScp
+from clara_ray.dicom.scp.handlers import StoreHandler
 from tests.peer.dicom_helpers import (
     CT_IMAGE_STORAGE,
     NODELAY_HANDLERS,
@@ -85,14 +85,14 @@ def test_the_handler_gets_the_data_set_in_a_spool_file_not_in_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[int, list[int]]] = []
-    real_store = StorageScp._store
+    real_store = StoreHandler._store
 
-    def spy(self: StorageScp, event: evt.Event, record: object) -> object:
+    def spy(self: StoreHandler, event: evt.Event, record: object) -> object:
         in_memory = len(cast(C_STORE, event.request).DataSet.getvalue())  # type: ignore[union-attr]
         seen.append((in_memory, [p.stat().st_size for p in _temp_files(self.spool.root)]))
         return real_store(self, event, record)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(StorageScp, "_store", spy)
+    monkeypatch.setattr(StoreHandler, "_store", spy)
     (path,) = write_study(tmp_path / "ct", slices=1, size=256)
     with running_scp(tmp_path) as running:
         assert _send(running.port, [path]) == [0]

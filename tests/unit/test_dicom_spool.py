@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from clara_ray.dicom import spool as spool_module
-from clara_ray.dicom.scp import file_preamble_and_meta
+from clara_ray.dicom.part10 import file_preamble_and_meta
 from clara_ray.dicom.spool import ClosingGroup, GroupHolds, Spool, aet_folder
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"

@@ -1,4 +1,4 @@
-"""Tests of clara_ray.operators.nrrd: NRRD round trips and the label-map operator (no Ray)."""
+"""Tests of clara_ray.operators.nrrd, checked with pynrrd: geometry, layout and the operator."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import Any
 
+import nrrd
 import numpy as np
 import pytest
 
@@ -19,6 +21,8 @@ from tests.contexts import operator_context
 COS, SIN = math.cos(math.radians(30)), math.sin(math.radians(30))
 # Columns: LPS unit vectors along column, row and slice index (an oblique, flipped grid).
 DIRECTION = ((COS, -SIN, 0.0), (SIN, COS, 0.0), (0.0, 0.0, -1.0))
+SPACING = (2.5, 0.7, 0.8)  # slice, row, column
+ORIGIN = (-100.5, 20.25, 33.0)
 
 
 def make_context(tmp_path: Path) -> OperatorContext:
@@ -26,7 +30,7 @@ def make_context(tmp_path: Path) -> OperatorContext:
 
 
 def oblique_volume(array: np.ndarray) -> Volume:
-    return Volume(array, spacing=(2.5, 0.7, 0.8), origin=(-100.5, 20.25, 33.0), direction=DIRECTION)
+    return Volume(array, spacing=SPACING, origin=ORIGIN, direction=DIRECTION)
 
 
 def write(volume: Volume, *, gzip: bool = True) -> bytes:
@@ -35,23 +39,53 @@ def write(volume: Volume, *, gzip: bool = True) -> bytes:
     return stream.getvalue()
 
 
+def pynrrd_read(blob: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read with pynrrd itself, in ``[slice, row, column]`` order."""
+    stream = io.BytesIO(blob)
+    header = nrrd.read_header(stream)
+    return nrrd.read_data(header, stream, index_order="C"), header
+
+
+def lps(header: dict[str, Any], column: int, row: int, slice_: int) -> np.ndarray:
+    """The LPS point of a voxel by the NRRD header's own index -> space mapping."""
+    directions = np.asarray(header["space directions"])
+    index = np.array([column, row, slice_], dtype=float)
+    return np.asarray(header["space origin"]) + index @ directions
+
+
 @pytest.mark.parametrize("compressed", [True, False])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
-def test_round_trip_keeps_array_and_geometry(compressed: bool, dtype: type) -> None:
-    array = np.random.default_rng(0).integers(-50, 100, size=(4, 5, 6)).astype(dtype)
+def test_pynrrd_reads_array_and_geometry(compressed: bool, dtype: type) -> None:
+    array: np.ndarray = np.random.default_rng(0).integers(-50, 100, size=(4, 5, 6)).astype(dtype)
     volume = oblique_volume(array)
-    read, header = read_nrrd(io.BytesIO(write(volume, gzip=compressed)))
+    read, header = pynrrd_read(write(volume, gzip=compressed))
     assert read.dtype == array.dtype
     assert np.array_equal(read, array)
-    affine = volume.affine()
-    assert header["sizes"] == [6, 5, 4]
+    assert list(header["sizes"]) == [6, 5, 4]
     assert header["space"] == "left-posterior-superior"
+    assert header["kinds"] == ["domain", "domain", "domain"]
     assert header["encoding"] == ("gzip" if compressed else "raw")
-    # NRRD axis order is (column, row, slice): the affine's index columns reversed.
-    expected = [affine[:3, 2], affine[:3, 1], affine[:3, 0]]
-    assert np.allclose(header["space directions"], expected)
-    assert np.allclose(header["space directions"][0], np.asarray(DIRECTION)[:, 0] * 0.8)
-    assert np.allclose(header["space origin"], (-100.5, 20.25, 33.0))
+    assert np.allclose(header["space origin"], ORIGIN)
+    # Each axis' step is its direction cosine column times its spacing.
+    steps = np.asarray(header["space directions"])
+    for nrrd_axis, volume_axis in enumerate((2, 1, 0)):
+        expected = np.asarray(DIRECTION)[:, nrrd_axis] * SPACING[volume_axis]
+        assert np.allclose(steps[nrrd_axis], expected)
+        assert np.isclose(np.linalg.norm(steps[nrrd_axis]), SPACING[volume_axis])
+    # Index -> LPS through the header matches the Volume's affine for any voxel.
+    affine = volume.affine()
+    for slice_, row, column in [(0, 0, 0), (3, 4, 5), (1, 2, 3)]:
+        point = affine @ np.array([slice_, row, column, 1.0])
+        assert np.allclose(lps(header, column, row, slice_), point[:3])
+
+
+def test_project_reader_agrees_with_pynrrd() -> None:
+    array = np.arange(120, dtype=np.uint16).reshape(4, 5, 6)
+    blob = write(oblique_volume(array))
+    read, header = read_nrrd(io.BytesIO(blob))
+    expected, expected_header = pynrrd_read(blob)
+    assert np.array_equal(read, expected)
+    assert np.allclose(header["space directions"], expected_header["space directions"])
 
 
 def test_header_and_data_layout() -> None:
@@ -59,16 +93,15 @@ def test_header_and_data_layout() -> None:
     blob = write(Volume(array), gzip=False)
     header, data = blob.split(b"\n\n", 1)
     lines = header.decode("ascii").splitlines()
-    assert lines[0] == "NRRD0004"
+    assert lines[0].startswith("NRRD000")
     for line in (
         "type: int16",
         "dimension: 3",
         "space: left-posterior-superior",
         "sizes: 4 3 2",
-        "space directions: (1.0,0.0,0.0) (0.0,1.0,0.0) (0.0,0.0,1.0)",
+        "kinds: domain domain domain",
         "endian: little",
         "encoding: raw",
-        "space origin: (0.0,0.0,0.0)",
     ):
         assert line in lines
     # Column index is fastest, as NRRD's first axis must be.
@@ -84,7 +117,7 @@ def test_gzip_payload_is_standard_gzip() -> None:
 def test_bool_is_written_as_uint8() -> None:
     mask = np.zeros((2, 3, 3), dtype=bool)
     mask[1, 1, 1] = True
-    read, header = read_nrrd(io.BytesIO(write(Volume(mask))))
+    read, header = pynrrd_read(write(Volume(mask)))
     assert header["type"] == "uint8"
     assert np.array_equal(read, mask.astype(np.uint8))
 
@@ -94,9 +127,12 @@ def test_unsupported_dtype_is_rejected() -> None:
         write(Volume(np.zeros((2, 2, 2), dtype=np.float16)))
 
 
-def test_reader_rejects_non_nrrd() -> None:
-    with pytest.raises(ValueError, match="not an NRRD file"):
-        read_nrrd(io.BytesIO(b"P5\n2 2\n255\n\n...."))
+def test_reader_rejects_two_dimensional_nrrd() -> None:
+    stream = io.BytesIO()
+    nrrd.write(stream, np.zeros((2, 3), dtype=np.uint8), index_order="C")
+    stream.seek(0)
+    with pytest.raises(ValueError, match="dimension 2 is not supported"):
+        read_nrrd(stream)
 
 
 def test_write_label_map_writes_nrrd_and_legend(tmp_path: Path) -> None:
@@ -108,9 +144,10 @@ def test_write_label_map_writes_nrrd_and_legend(tmp_path: Path) -> None:
     outputs = write_label_map(ctx, labels=labels)
     assert outputs == {"label_map": ctx.results.path("labels.nrrd")}
     assert sorted(ctx.results.files()) == ["labels.json", "labels.nrrd"]
-    read, header = read_nrrd(io.BytesIO(ctx.results.read_bytes("labels.nrrd")))
+    read, header = pynrrd_read(ctx.results.read_bytes("labels.nrrd"))
     assert np.array_equal(read, array)
     assert header["encoding"] == "gzip"
+    assert header["space"] == "left-posterior-superior"
     assert np.allclose(header["space origin"], labels.origin)
     legend = json.loads(ctx.results.read_bytes("labels.json"))
     assert legend == {"label_map": "labels.nrrd", "segments": segments}

@@ -1,0 +1,201 @@
+"""Contracts with pynetdicom's private API that the DICOM receiver and sender rely on.
+
+Each test names one hook used by :mod:`clara_ray.dicom.scp` or
+:mod:`clara_ray.dicom.scu`, so a pynetdicom upgrade that moves or changes it
+fails here, with the hook in the test's name and message, before any peer test.
+"""
+
+from __future__ import annotations
+
+import inspect
+import queue
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any
+
+import pytest
+from pynetdicom import AE, _config, _globals, _handlers, evt
+from pynetdicom.acse import ACSE
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from clara_ray.dicom.scp import supported_contexts
+
+
+def params(func: Callable[..., Any]) -> list[str]:
+    return list(inspect.signature(func).parameters)
+
+
+def require(condition: bool, hook: str) -> None:
+    if not condition:
+        pytest.fail(f"pynetdicom changed {hook}, which clara_ray.dicom relies on")
+
+
+def acceptor() -> Association:
+    return Association(AE(), _globals.MODE_ACCEPTOR)
+
+
+def test_config_flags() -> None:
+    for flag in (
+        "LOG_REQUEST_IDENTIFIERS",
+        "LOG_RESPONSE_IDENTIFIERS",
+        "STORE_SEND_CHUNKED_DATASET",
+    ):
+        require(isinstance(getattr(_config, flag, None), bool), f"_config.{flag}")
+
+
+def test_globals() -> None:
+    require(isinstance(_globals.MODE_ACCEPTOR, str), "_globals.MODE_ACCEPTOR")
+    syntaxes = _globals.ALL_TRANSFER_SYNTAXES
+    require(
+        isinstance(syntaxes, list) and "1.2.840.10008.1.2.1" in syntaxes,
+        "_globals.ALL_TRANSFER_SYNTAXES",
+    )
+
+
+def test_standard_handlers_are_bound_on_a_new_server() -> None:
+    names = ("dimse_recv", "dimse_sent", "pdu_recv", "pdu_sent")
+    events = (evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT, evt.EVT_PDU_RECV, evt.EVT_PDU_SENT)
+    ae = AE()
+    ae.add_supported_context("1.2.840.10008.1.1")
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    try:
+        for name, event in zip(names, events, strict=True):
+            handler = getattr(_handlers, f"standard_{name}_handler", None)
+            bound = [h for h, _ in server.get_handlers(event)]  # type: ignore[misc]
+            require(handler is not None and handler in bound, f"_handlers.standard_{name}_handler")
+    finally:
+        server.shutdown()
+
+
+def test_server_handlers_map() -> None:
+    ae = AE()
+    ae.add_supported_context("1.2.840.10008.1.1")
+
+    def echo(event: evt.Event) -> int:
+        return 0
+
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_ECHO, echo)])
+    try:
+        handlers = server._handlers
+        require(isinstance(handlers, dict), "ThreadedAssociationServer._handlers")
+        require(
+            handlers[evt.EVT_C_ECHO][0] == echo and handlers[evt.EVT_C_ECHO][1] is None,
+            "intervention entries in _handlers",
+        )
+        require(
+            all(isinstance(h, tuple) for h in handlers[evt.EVT_PDU_RECV]),
+            "notification entries in _handlers",
+        )
+        require(server in ae._servers, "AE._servers")
+    finally:
+        server.shutdown()
+
+
+def test_make_server_forwards_server_class_and_request_handler() -> None:
+    require({"server_class", "kwargs"} <= set(params(AE.make_server)), "AE.make_server")
+    server_params = params(ThreadedAssociationServer.__init__)
+    require("request_handler" in server_params, "AssociationServer(request_handler=...)")
+
+
+def test_request_handler_create_association() -> None:
+    require(
+        callable(getattr(RequestHandler, "_create_association", None)),
+        "RequestHandler._create_association",
+    )
+    for prop in ("ae", "local", "remote"):
+        require(isinstance(getattr(RequestHandler, prop, None), property), f"RequestHandler.{prop}")
+
+
+def test_server_process_request_thread() -> None:
+    hook = ThreadedAssociationServer.process_request_thread
+    require(
+        params(hook) == ["self", "request", "client_address"],
+        "ThreadedAssociationServer.process_request_thread",
+    )
+
+
+def test_association_private_attributes() -> None:
+    assoc = acceptor()
+    require(assoc._server is None, "Association._server")
+    require(assoc._accepted_cx == {}, "Association._accepted_cx")
+    require(
+        params(Association._serve_request) == ["self", "msg", "context_id"],
+        "Association._serve_request",
+    )
+    require(params(Association.run_reactor) == ["self"], "Association.run_reactor")
+
+
+def test_association_timeouts_are_passed_to_the_dul() -> None:
+    assoc = acceptor()
+    assoc.dul = DULServiceProvider(assoc)
+    assoc.acse_timeout = 7
+    assoc.network_timeout = 9
+    require(assoc.dul.artim_timer.timeout == 7, "Association.acse_timeout setter (DUL ARTIM timer)")
+    require(
+        assoc.dul._idle_timer is not None and assoc.dul._idle_timer.timeout == 9,
+        "Association.network_timeout setter (DUL idle timer)",
+    )
+
+
+def test_association_socket_hooks() -> None:
+    require(params(AssociationSocket.recv) == ["self", "nr_bytes"], "AssociationSocket.recv")
+    require(
+        params(AssociationSocket._shutdown_socket) == ["self"], "AssociationSocket._shutdown_socket"
+    )
+
+
+def test_dul_run_loop_delay_and_read_pdu_data() -> None:
+    dul = DULServiceProvider(acceptor())
+    require(dul._run_loop_delay == 0.001, "DULServiceProvider._run_loop_delay")
+    require(
+        params(DULServiceProvider._read_pdu_data) == ["self"], "DULServiceProvider._read_pdu_data"
+    )
+    require(
+        dul.state_machine.current_state == "Sta1", "DULServiceProvider.state_machine.current_state"
+    )
+    require(isinstance(dul.to_user_queue, queue.Queue), "DULServiceProvider.to_user_queue")
+    require(dul.socket is None, "DULServiceProvider.socket")
+
+
+def test_acse_acceptor_hooks() -> None:
+    require(params(ACSE._negotiate_as_acceptor) == ["self"], "ACSE._negotiate_as_acceptor")
+    require(
+        params(ACSE.send_reject) == ["self", "result", "source", "diagnostic"], "ACSE.send_reject"
+    )
+    require(params(ACSE.send_release) == ["self", "is_response"], "ACSE.send_release")
+    require(params(ACSE.send_abort) == ["self", "source"], "ACSE.send_abort")
+    assoc = acceptor()
+    require(
+        hasattr(assoc.requestor, "primitive") and hasattr(assoc, "is_rejected"),
+        "Association.requestor.primitive",
+    )
+
+
+def test_dimse_message_queue_and_receive_primitive() -> None:
+    dimse = DIMSEServiceProvider(acceptor())
+    require(dimse.message is None, "DIMSEServiceProvider.message")
+    require(isinstance(dimse.msg_queue, queue.Queue), "DIMSEServiceProvider.msg_queue")
+    require(
+        params(DIMSEServiceProvider.get_msg) == ["self", "block"], "DIMSEServiceProvider.get_msg"
+    )
+    require(
+        params(DIMSEServiceProvider.receive_primitive) == ["self", "primitive"],
+        "DIMSEServiceProvider.receive_primitive",
+    )
+
+
+def test_dimse_message_collects_its_data_set_by_write() -> None:
+    # StreamedDataset replaces DIMSEMessage.data_set; decode_msg must only write() to it.
+    source = inspect.getsource(DIMSEMessage.decode_msg)
+    require(isinstance(DIMSEMessage().data_set, BytesIO), "DIMSEMessage.data_set")
+    require("self.data_set).write(" in source, "DIMSEMessage.decode_msg writing data_set")
+
+
+def test_supported_contexts_build() -> None:
+    contexts = supported_contexts()
+    require(len(contexts) > 100, "AllStoragePresentationContexts")
+    require(str(contexts[0].abstract_syntax) == "1.2.840.10008.1.1", "build_context")
