@@ -114,7 +114,8 @@ def run(requests: int = 256, concurrency: int = 8, rounds: int = 2) -> dict[str,
     import ray
     from ray import serve
 
-    from serve.inference import InferenceAppArgs, build_app
+    from serve.inference import build_app
+    from serve.inference_args import InferenceAppArgs
     from tests.conftest import free_port
     from tests.peer.triton_server import TritonServer
 

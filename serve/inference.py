@@ -13,7 +13,7 @@ Routes (relative to ``/v2``; KServe v2 plus Triton's config and repository index
     POST /v2/models/{m}[/versions/{v}]/infer       JSON tensors or the binary tensor extension
     POST /v2/repository/index
 
-One deployment per model, ``model-<name>`` (:class:`ModelDeployment`, a thin
+One deployment per model, ``model-<name>`` (:mod:`serve.model_deployment`, a thin
 wrapper over a :mod:`clara_ray.inference.backends` class): replicas and
 ``num_gpus`` per replica from the model's ``config.pbtxt`` (fractional through
 ``parameters { key: "clara_gpu" ... }``), ``@serve.batch`` dynamic batching
@@ -21,329 +21,54 @@ counted in rows, autoscaling from the arguments, ``check_health``.  The FastAPI
 ingress decodes and validates requests, then calls the model deployments
 through DeploymentHandles; pipelines skip the ingress and call the same
 deployments through :class:`clara_ray.inference.clients.ServeClient`.
+The arguments are :class:`serve.inference_args.InferenceAppArgs`.
 """
 
 import asyncio
-import collections
 import importlib.metadata
 import logging
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clara_ray.inference.backends import Backend, TorchScriptBackend, TritonBackend
 from clara_ray.inference.clients import deployment_name
-from clara_ray.inference.metrics import InferenceMetrics
-from clara_ray.inference.protocol import (
-    HEADER_LENGTH,
-    MAX_REQUEST_BYTES,
+from clara_ray.inference.errors import (
     InferenceError,
-    InferResponse,
     InvalidRequestError,
+    ModelFailedError,
     ModelNotReadyError,
-    Tensor,
+    ModelRepositoryError,
     UnknownModelError,
+)
+from clara_ray.inference.messages import (
+    HEADER_LENGTH,
+    InferResponse,
     binary_output_names,
     check_body_size,
     decode_request,
     decompress_body,
     encode_response,
-    validate_inputs,
-    validate_outputs,
-    validate_request,
 )
-from clara_ray.inference.repository import ModelEntry, ModelRepository, ModelRepositoryError
+from clara_ray.inference.metrics import InferenceMetrics
+from clara_ray.inference.repository import ModelEntry, ModelRepository
+from clara_ray.inference.tensors import Tensor
+from clara_ray.inference.validate import validate_request
 from clara_ray.phi import keep_patient_data_out_of_logs
+from serve.inference_args import InferenceAppArgs, ModelPlan, batch_settings, resolve_repository
+from serve.model_deployment import ModelDeployment
 
-__all__ = [
-    "APP_NAME",
-    "ROUTE_PREFIX",
-    "AutoscalingArgs",
-    "InferenceAppArgs",
-    "InferenceIngress",
-    "ModelDeployment",
-    "build_app",
-]
+__all__ = ["APP_NAME", "ROUTE_PREFIX", "InferenceIngress", "build_app"]
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "clara-inference"
 ROUTE_PREFIX = "/v2"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ModelFailedError(InferenceError):
-    """A model failed on a request that passed validation (HTTP 500)."""
-
-    status_code = 500
-
-
-# --------------------------------------------------------------------------- arguments
-
-
-class AutoscalingArgs(BaseModel):
-    """Ray Serve autoscaling for every model deployment (replaces the instance_group count)."""
-
-    model_config = ConfigDict(extra="forbid")
-    min_replicas: int = Field(1, ge=0, description="Fewest replicas per model.")
-    max_replicas: int = Field(2, ge=1, description="Most replicas per model.")
-    target_ongoing_requests: float = Field(
-        4.0, gt=0, description="Ongoing requests per replica the autoscaler aims at."
-    )
-    upscale_delay_s: float = Field(10.0, ge=0, description="Seconds of load before scaling up.")
-    downscale_delay_s: float = Field(60.0, ge=0, description="Seconds idle before scaling down.")
-
-    @model_validator(mode="after")
-    def _bounds(self) -> "AutoscalingArgs":
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"min_replicas ({self.min_replicas}) must not exceed max_replicas ({self.max_replicas})"
-            )
-        return self
-
-
-class InferenceAppArgs(BaseModel):
-    """Arguments of :func:`build_app` (the ``args`` of the Serve config)."""
-
-    model_config = ConfigDict(extra="forbid")
-    model_repository: str = Field(
-        "models",
-        description="Triton-layout model repository; a relative path is tried from the current "
-        "directory, then from the clara-ray source tree.",
-    )
-    models: list[str] | None = Field(None, description="Models to serve; default: every model.")
-    skip_invalid_models: bool = Field(
-        False,
-        description="With `models` unset: log and skip models whose folder is malformed "
-        "(e.g. not trained yet) instead of failing the application.",
-    )
-    max_batch_size: int | None = Field(
-        None,
-        ge=1,
-        description="Rows per dynamic batch, for every model; default: the config's max_batch_size "
-        "when it declares dynamic_batching, else 1 (no batching).",
-    )
-    batch_wait_timeout_s: float | None = Field(
-        None,
-        ge=0,
-        description="Seconds a batch waits to fill; default: the config's "
-        "dynamic_batching.max_queue_delay_microseconds.",
-    )
-    max_ongoing_requests: int | None = Field(
-        None, ge=1, description="Per model replica; default: max(2 x batch size, 16)."
-    )
-    autoscaling: AutoscalingArgs | None = Field(
-        None, description="Autoscaling per model; default: fixed replicas from instance_group."
-    )
-    num_cpus: float = Field(1.0, ge=0, description="CPUs per model replica unless clara_cpu says.")
-    device: str = Field("auto", description="Torch device of TorchScript models: auto, cpu, cuda.")
-    gpu_fallback: bool = Field(
-        True,
-        description="On a cluster with no GPU at all, run GPU models on CPU with a warning "
-        "instead of waiting forever for a GPU.",
-    )
-    triton_url: str | None = Field(
-        None,
-        description="Forward every model to this Triton server (host:port) instead of running "
-        "the model files; the repository still gives configs.",
-    )
-    triton_protocol: Literal["http", "grpc"] = Field("http", description="Protocol for triton_url.")
-    max_request_bytes: int = Field(
-        MAX_REQUEST_BYTES, ge=1, description="Largest accepted request body, in bytes."
-    )
-    ingress_max_ongoing_requests: int = Field(
-        256, ge=1, description="Concurrent HTTP requests per ingress replica."
-    )
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What one model deployment needs, decided once by the builder."""
-
-    entry: ModelEntry
-    max_batch_size: int
-    batch_wait_timeout_s: float
-    device: str
-    triton_url: str | None
-    triton_protocol: Literal["http", "grpc"]
-
-
-def _resolve_repository(path: str) -> Path:
-    candidate = Path(path).expanduser()
-    if candidate.is_absolute() or candidate.is_dir():
-        return candidate.resolve()
-    fallback = _REPO_ROOT / candidate
-    return fallback if fallback.is_dir() else candidate.resolve()
-
-
-def _batch_settings(entry: ModelEntry, args: InferenceAppArgs) -> tuple[int, float]:
-    config = entry.config
-    if config.max_batch_size == 0:
-        return 1, 0.0
-    batching = config.dynamic_batching
-    size = args.max_batch_size or (config.max_batch_size if batching else 1)
-    if size > config.max_batch_size:
-        raise ModelRepositoryError(
-            f"max_batch_size {size} of the inference app exceeds model {entry.name!r}'s "
-            f"max_batch_size {config.max_batch_size} ({entry.config_file})"
-        )
-    if args.batch_wait_timeout_s is not None:
-        wait = args.batch_wait_timeout_s
-    else:
-        wait = batching.max_queue_delay_microseconds / 1e6 if batching else 0.0
-    return size, wait
-
-
-# --------------------------------------------------------------------------- model deployment
-
-
-@dataclass
-class _Item:
-    version: str
-    inputs: dict[str, np.ndarray]
-    outputs: list[str]
-    rows: int
-
-
-def _batch_rows(items: list[_Item]) -> int:
-    return sum(item.rows for item in items)
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=10)
-class ModelDeployment:
-    """Every served version of one model; requests are batched by :meth:`_run_batch`."""
-
-    def __init__(self, plan: _Plan) -> None:
-        keep_patient_data_out_of_logs()
-        self.plan = plan
-        self.entry = plan.entry
-        self.name = plan.entry.name
-        self.backends: dict[str, Backend] = {}
-        for version in self.entry.versions:
-            if plan.triton_url:
-                self.backends[version] = TritonBackend(
-                    self.entry.config, version, plan.triton_url, plan.triton_protocol
-                )
-            else:
-                self.backends[version] = TorchScriptBackend(
-                    self.entry.config, version, self.entry.model_file(version), plan.device
-                )
-        self.metrics = InferenceMetrics()
-        self.batches: collections.deque[tuple[int, int]] = collections.deque(maxlen=1000)
-        self._run_batch.set_max_batch_size(plan.max_batch_size)  # type: ignore[attr-defined]
-        self._run_batch.set_batch_wait_timeout_s(plan.batch_wait_timeout_s)  # type: ignore[attr-defined]
-
-    async def infer(
-        self,
-        inputs: dict[str, np.ndarray],
-        outputs: list[str] | None = None,
-        version: str | None = None,
-    ) -> dict[str, np.ndarray]:
-        """Validate and run one request (batched with concurrent ones)."""
-        start = time.perf_counter()
-        try:
-            chosen = self.entry.resolve_version(version)
-            validate_inputs(self.entry.config, inputs)
-            names = validate_outputs(self.entry.config, outputs)
-            rows = (
-                int(next(iter(inputs.values())).shape[0])
-                if self.entry.config.max_batch_size > 0 and inputs
-                else 1
-            )
-            if rows > self.plan.max_batch_size:  # larger requests run alone, unsplit
-                result = await asyncio.to_thread(self._run_alone, chosen, inputs, names)
-            else:
-                result = await self._run_batch(_Item(chosen, inputs, names, rows))
-        except InferenceError as exc:
-            self.metrics.request(self.name, exc.status_code)
-            raise
-        except Exception as exc:
-            self.metrics.request(self.name, 500)
-            log.exception("model %s failed", self.name)
-            raise ModelFailedError(f"model {self.name!r} failed: {exc}") from None
-        self.metrics.request(self.name, 200)
-        self.metrics.latency(self.name, time.perf_counter() - start)
-        return result
-
-    def _run_alone(
-        self, version: str, inputs: dict[str, np.ndarray], names: list[str]
-    ) -> dict[str, np.ndarray]:
-        self.batches.append((1, int(next(iter(inputs.values())).shape[0])))
-        self.metrics.batch(self.name, self.batches[-1][1])
-        return self.backends[version].infer(inputs, names)
-
-    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0, batch_size_fn=_batch_rows)
-    async def _run_batch(self, items: list[_Item]) -> list[dict[str, np.ndarray]]:
-        rows = _batch_rows(items)
-        self.batches.append((len(items), rows))
-        self.metrics.batch(self.name, rows)
-        return await asyncio.to_thread(self._compute, items)
-
-    def _compute(self, items: list[_Item]) -> list[dict[str, np.ndarray]]:
-        results: list[dict[str, np.ndarray]] = [{} for _ in items]
-        by_version: dict[str, list[int]] = collections.defaultdict(list)
-        for i, item in enumerate(items):
-            by_version[item.version].append(i)
-        for version, indices in by_version.items():
-            outs = self.backends[version].infer_many(
-                [items[i].inputs for i in indices], [items[i].outputs for i in indices]
-            )
-            for i, out in zip(indices, outs, strict=True):
-                results[i] = out
-        return results
-
-    def metadata(self, version: str | None = None) -> dict[str, Any]:
-        self.entry.resolve_version(version)
-        return self.entry.metadata()
-
-    def ready(self, version: str | None = None) -> bool:
-        backend = self.backends[self.entry.resolve_version(version)]
-        try:
-            backend.check_health()
-        except InferenceError:
-            return False
-        return True
-
-    def check_health(self) -> None:
-        for backend in self.backends.values():
-            backend.check_health()
-
-    def stats(self) -> dict[str, Any]:
-        """Recent batches (requests, rows), this replica's id and GPU ids, for tests and operators."""
-        context = serve.get_replica_context()
-        backend = next(iter(self.backends.values()))
-        return {
-            "model": self.name,
-            "replica": context.replica_id.unique_id,
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-            "device": getattr(backend, "device", "triton"),
-            "torch_threads": _torch_threads(),
-            "max_batch_size": self.plan.max_batch_size,
-            "batch_wait_timeout_s": self.plan.batch_wait_timeout_s,
-            "batches": list(self.batches),
-        }
-
-    def __del__(self) -> None:
-        for backend in getattr(self, "backends", {}).values():
-            backend.close()
-
-
-def _torch_threads() -> int | None:
-    import sys
-
-    torch = sys.modules.get("torch")
-    return None if torch is None else int(torch.get_num_threads())
 
 
 # --------------------------------------------------------------------------- HTTP ingress
@@ -563,7 +288,7 @@ class InferenceIngress:
 # --------------------------------------------------------------------------- builder
 
 
-def _model_app(plan: _Plan, args: InferenceAppArgs, has_gpu: bool | None) -> Any:
+def _model_app(plan: ModelPlan, args: InferenceAppArgs, has_gpu: bool | None) -> Any:
     config = plan.entry.config
     num_gpus = config.num_gpus
     if num_gpus > 0 and has_gpu is False:
@@ -603,7 +328,7 @@ def build_app(args: InferenceAppArgs) -> serve.Application:
     """The inference application: one deployment per model plus the HTTP ingress."""
     if not isinstance(args, InferenceAppArgs):
         args = InferenceAppArgs.model_validate(args)
-    repository = ModelRepository(_resolve_repository(args.model_repository))
+    repository = ModelRepository(resolve_repository(args.model_repository))
     entries: dict[str, ModelEntry] = {}
     for name in args.models if args.models is not None else repository.names():
         try:
@@ -620,8 +345,8 @@ def build_app(args: InferenceAppArgs) -> serve.Application:
     has_gpu = _cluster_has_gpu()
     handles = {}
     for name, entry in entries.items():
-        size, wait = _batch_settings(entry, args)
-        plan = _Plan(entry, size, wait, args.device, args.triton_url, args.triton_protocol)
+        size, wait = batch_settings(entry, args)
+        plan = ModelPlan(entry, size, wait, args.device, args.triton_url, args.triton_protocol)
         handles[name] = _model_app(plan, args, has_gpu)
     log.info("inference app: serving %s from %s", ", ".join(entries), repository.root)
     return InferenceIngress.options(max_ongoing_requests=args.ingress_max_ongoing_requests).bind(  # type: ignore[attr-defined]

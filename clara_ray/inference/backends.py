@@ -8,7 +8,7 @@
 Both share :meth:`Backend.infer_many`, the dynamic batcher's core: requests
 with the same input signature are concatenated along the batch axis (at most
 ``max_batch_size`` rows), run once, and the outputs split back.  The Ray Serve
-deployment in ``serve/inference.py`` is a thin wrapper over these classes.
+deployment in ``serve/model_deployment.py`` is a thin wrapper over these classes.
 """
 
 from __future__ import annotations
@@ -22,16 +22,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clara_ray.inference.protocol import (
+from clara_ray.inference.config import ModelConfig
+from clara_ray.inference.errors import (
     InferenceError,
     InferenceServiceError,
     InvalidRequestError,
+    ModelRepositoryError,
     UnknownModelError,
-    datatype_of,
-    numpy_dtype,
-    validate_outputs,
 )
-from clara_ray.inference.repository import ModelConfig, ModelRepositoryError, check_torchscript
+from clara_ray.inference.tensors import datatype_of, numpy_dtype
+from clara_ray.inference.torchscript_check import check_torchscript
+from clara_ray.inference.validate import validate_outputs
 
 __all__ = ["Backend", "TorchScriptBackend", "TritonBackend", "TritonConnection"]
 

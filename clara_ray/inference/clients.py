@@ -6,11 +6,11 @@
 - :class:`TritonClient` (``kind: triton``) calls a Triton Inference Server at
   ``url`` with ``tritonclient.http`` or ``tritonclient.grpc``.
 
-Both raise the inference errors of :mod:`clara_ray.inference.protocol` with the
-service and model named: :class:`~clara_ray.inference.protocol.InvalidRequestError`
-for a request the model rejects, :class:`~clara_ray.inference.protocol.UnknownModelError`
+Both raise the inference errors of :mod:`clara_ray.inference.errors` with the
+service and model named: :class:`~clara_ray.inference.errors.InvalidRequestError`
+for a request the model rejects, :class:`~clara_ray.inference.errors.UnknownModelError`
 for a missing model or version, and
-:class:`~clara_ray.inference.protocol.InferenceServiceError` when the service
+:class:`~clara_ray.inference.errors.InferenceServiceError` when the service
 cannot be reached.
 """
 
@@ -24,12 +24,8 @@ from typing import Any
 import numpy as np
 
 from clara_ray.inference.backends import TritonConnection
-from clara_ray.inference.protocol import (
-    DATATYPES,
-    InferenceError,
-    InferenceServiceError,
-    InvalidRequestError,
-)
+from clara_ray.inference.errors import InferenceError, InferenceServiceError, InvalidRequestError
+from clara_ray.inference.tensors import DATATYPES
 from clara_ray.pipeline.spec import ServiceSpec
 
 __all__ = [

@@ -24,14 +24,8 @@ from tritonclient.utils import InferenceServerException
 
 from clara_ray.inference.backends import TritonBackend
 from clara_ray.inference.clients import ServeClient, TritonClient, deployment_name, make_client
-from clara_ray.inference.protocol import (
-    HEADER_LENGTH,
-    InferenceServiceError,
-    InvalidRequestError,
-    UnknownModelError,
-    decode_response,
-    encode_request,
-)
+from clara_ray.inference.errors import InferenceServiceError, InvalidRequestError, UnknownModelError
+from clara_ray.inference.messages import HEADER_LENGTH, decode_response, encode_request
 from clara_ray.inference.repository import ModelRepository
 from clara_ray.inference.torchscript import TorchScriptModel
 from clara_ray.pipeline.spec import ServiceSpec
@@ -113,7 +107,8 @@ class Endpoint:
 def endpoint(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     from ray import serve
 
-    from serve.inference import InferenceAppArgs, build_app
+    from serve.inference import build_app
+    from serve.inference_args import InferenceAppArgs
 
     repository = make_repository(tmp_path_factory.mktemp("inference") / "models")
     port = free_port()
@@ -665,7 +660,8 @@ def test_shipped_serve_config_builds() -> None:
 def test_builder_rejects_bad_args(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from serve.inference import InferenceAppArgs, build_app
+    from serve.inference import build_app
+    from serve.inference_args import InferenceAppArgs
 
     with pytest.raises(ValidationError, match="model_repositry"):
         InferenceAppArgs.model_validate({"model_repositry": "models"})
@@ -676,7 +672,7 @@ def test_builder_rejects_bad_args(tmp_path: Path) -> None:
     repository = make_repository(tmp_path / "models")
     with pytest.raises(UnknownModelError, match="model 'lung' is not in the model repository"):
         build_app(InferenceAppArgs(model_repository=str(repository), models=["lung"]))
-    from clara_ray.inference.repository import ModelRepositoryError
+    from clara_ray.inference.errors import ModelRepositoryError
 
     with pytest.raises(
         ModelRepositoryError,

@@ -38,7 +38,8 @@ from typing import Any
 
 import pytest
 
-from clara_ray.inference.repository import ModelRepository, check_torchscript
+from clara_ray.inference.repository import ModelRepository
+from clara_ray.inference.torchscript_check import check_torchscript
 
 __all__ = ["VENV", "TritonServer", "TritonServerError", "ensure_venv", "triton_fixture"]
 
@@ -237,7 +238,7 @@ class TritonServer:
             config = entry.config
             module = torch.jit.load(str(entry.model_file()), map_location="cpu")
             input_order, output_order = check_torchscript(config, module, entry.model_file())
-            from clara_ray.inference.protocol import DATATYPES
+            from clara_ray.inference.tensors import DATATYPES
 
             def tensors(items: Any) -> list[dict[str, Any]]:
                 return [

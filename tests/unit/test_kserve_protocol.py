@@ -10,33 +10,31 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
-from clara_ray.inference.protocol import (
-    HEADER_LENGTH,
+from clara_ray.inference.config import ModelConfig
+from clara_ray.inference.errors import (
     InferenceError,
     InferenceServiceError,
-    InferRequest,
-    InferResponse,
     InvalidRequestError,
     ModelNotReadyError,
-    RequestedOutput,
     RequestTooLargeError,
-    Tensor,
     UnknownModelError,
+)
+from clara_ray.inference.messages import (
+    HEADER_LENGTH,
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
     binary_output_names,
     check_body_size,
-    datatype_of,
     decode_request,
     decode_response,
     decompress_body,
     encode_request,
     encode_response,
     error_body,
-    numpy_dtype,
-    validate_inputs,
-    validate_outputs,
-    validate_request,
 )
-from clara_ray.inference.repository import ModelConfig
+from clara_ray.inference.tensors import Tensor, datatype_of, numpy_dtype
+from clara_ray.inference.validate import validate_inputs, validate_outputs, validate_request
 
 CONFIG = ModelConfig.parse(
     """

@@ -12,15 +12,10 @@ import pytest
 import torch
 
 from clara_ray.inference.backends import TorchScriptBackend
-from clara_ray.inference.protocol import InferenceError, UnknownModelError
-from clara_ray.inference.repository import (
-    ModelConfig,
-    ModelRepository,
-    ModelRepositoryError,
-    VersionPolicy,
-    check_torchscript,
-    parse_pbtxt,
-)
+from clara_ray.inference.config import ModelConfig, VersionPolicy
+from clara_ray.inference.errors import InferenceError, ModelRepositoryError, UnknownModelError
+from clara_ray.inference.repository import ModelRepository
+from clara_ray.inference.torchscript_check import check_torchscript
 
 
 class Double(torch.nn.Module):
@@ -83,49 +78,36 @@ def repo(tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------- text format
 
 
-def test_parse_pbtxt_syntax() -> None:
-    parsed = parse_pbtxt(
+def test_config_text_format_syntax() -> None:
+    config = ModelConfig.parse(
         """
         # comment
         name: "a\\"b" 'c'   # adjacent strings concatenate
-        max_batch_size: 8, flag: true; ratio: 0.5 big: 1e3 neg: -2 inf: -inf
-        kind: KIND_GPU
-        dims: [ 1, -1 ]
-        dims: 3
-        input [ { name: "x" }, < name: "y" > ]
-        nested { inner { value: 1.5f } }
-        empty: []
+        max_batch_size: 8, platform: "pytorch_libtorch";
+        input [ { name: "x" data_type: TYPE_FP32 dims: [ 1, -1 ] dims: 3 } ]
+        output < name: "y" data_type: TYPE_FP32 dims: 1 >
+        optimization { cuda { graphs: true } }
         """
     )
-    assert parsed["name"] == ['a"bc']
-    assert parsed["max_batch_size"] == [8]
-    assert parsed["flag"] == [True]
-    assert parsed["ratio"] == [0.5]
-    assert parsed["big"] == [1000.0]
-    assert parsed["neg"] == [-2]
-    assert parsed["inf"] == [float("-inf")]
-    assert parsed["kind"] == ["KIND_GPU"]
-    assert parsed["dims"] == [1, -1, 3]
-    assert parsed["input"] == [{"name": ["x"]}, {"name": ["y"]}]
-    assert parsed["nested"] == [{"inner": [{"value": [1.5]}]}]
-    assert parsed["empty"] == []
+    assert config.name == 'a"bc'
+    assert config.max_batch_size == 8
+    assert config.inputs[0].dims == (1, -1, 3)
+    assert config.outputs[0].name == "y"
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('name: "x"\n  ?', "cfg:2: unexpected character '?'"),
-        ("input {\n name: 'x'", "cfg: unexpected end of file, expected '}'"),
-        ('name "x"', "cfg:1: expected ':' or '{' after field 'name', got '\"x\"'"),
-        ("name:", "cfg: unexpected end of file after 'name'"),
-        ("dims: [1, 2", "cfg: unexpected end of file, expected ]"),
-        ("} name: 1", "cfg:1: expected a field name, got '}'"),
-        ("name: :", "cfg:1: expected a value, got ':'"),
+        ('name: "x"\n  ?', "cfg:2:3: '  ?': Expected identifier or number, got ?."),
+        ("input {\n name: 'x'", 'cfg:2:8: Expected "}".'),
+        ('name "x"', 'cfg:1:6: \'name "x"\': Expected ":".'),
+        ("name:", "cfg:1:6: '': Expected string but found: ''"),
+        ("clara: 1", 'cfg:1:1: Message type "inference.ModelConfig" has no field named "clara".'),
     ],
 )
-def test_parse_pbtxt_errors(text: str, message: str) -> None:
+def test_config_syntax_errors_name_file_and_line(text: str, message: str) -> None:
     with pytest.raises(ModelRepositoryError, match=re.escape(message)):
-        parse_pbtxt(text, "cfg")
+        ModelConfig.parse(text, "cfg")
 
 
 # --------------------------------------------------------------------------- config
@@ -206,7 +188,8 @@ def test_version_policy_select() -> None:
     [
         (
             ("TYPE_FP32", "TYPE_FLOAT", 1),
-            "m/config.pbtxt: input[0].data_type: unknown data_type 'TYPE_FLOAT' for input 'INPUT__0'; expected one of TYPE_BOOL",
+            "m/config.pbtxt:5:39: 'input [ { name: \"INPUT__0\" data_type: TYPE_FLOAT dims: [ 1, 4 ] } ]': "
+            'Enum type "inference.DataType" has no value named TYPE_FLOAT. Expected one of TYPE_INVALID, TYPE_BOOL',
         ),
         (
             ("TYPE_FP32", "TYPE_BF16", 2),
@@ -222,7 +205,8 @@ def test_version_policy_select() -> None:
         ),
         (
             ("dims: [ 1, 4 ]", 'dims: [ "1" ]', 1),
-            "m/config.pbtxt: input[0].dims: expected a list of an integer, got '1'",
+            'm/config.pbtxt:5:57: \'input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ "1" ] } ]\': '
+            'Couldn\'t parse integer: "1"',
         ),
         (
             ("max_batch_size: 4", "max_batch_size: -1", 1),
@@ -230,13 +214,17 @@ def test_version_policy_select() -> None:
         ),
         (
             ("max_batch_size: 4", "max_batch_size: 4 max_batch_size: 8", 1),
-            "m/config.pbtxt: max_batch_size: given 2 times, expected once",
+            'm/config.pbtxt:4:35: Message type "inference.ModelConfig" should not have multiple '
+            '"max_batch_size" fields.',
         ),
         (
             ("max_batch_size: 4", 'max_batch_size: "4"', 1),
-            "m/config.pbtxt: max_batch_size: expected an integer, got '4'",
+            'm/config.pbtxt:4:17: \'max_batch_size: "4"\': Couldn\'t parse integer: "4"',
         ),
-        (('name: "tiny"', "name: 7", 1), "m/config.pbtxt: name: expected a string, got 7"),
+        (
+            ('name: "tiny"', "name: 7", 1),
+            "m/config.pbtxt:2:7: 'name: 7': Expected string but found: '7'",
+        ),
         (
             ('input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 1, 4 ] } ]', "", 1),
             "m/config.pbtxt: input: the model declares no inputs",
@@ -268,24 +256,12 @@ def test_config_errors(change: tuple[str, str, int], message: str | None) -> Non
             "input: input name 'INPUT__0' is declared twice",
         ),
         (
-            "instance_group [ { count: 0 } ]",
-            "instance_group[0].count: must be a positive integer, got 0",
-        ),
-        (
-            "instance_group [ { kind: KIND_TPU } ]",
-            "instance_group[0].kind: unknown kind 'KIND_TPU'; expected one of KIND_AUTO, KIND_CPU, KIND_GPU, KIND_MODEL",
+            "instance_group [ { count: -1 } ]",
+            "instance_group[0].count: must be a positive integer, got -1",
         ),
         (
             "dynamic_batching { preferred_batch_size: [ 8 ] }",
             "dynamic_batching.preferred_batch_size: 8 is outside 1..max_batch_size (4)",
-        ),
-        (
-            "dynamic_batching { max_queue_delay_microseconds: -5 }",
-            "dynamic_batching.max_queue_delay_microseconds: must not be negative, got -5",
-        ),
-        (
-            "version_policy { latest { num_versions: 1 } all { } }",
-            "version_policy: expected exactly one of latest, all, specific; got ['latest', 'all']",
         ),
         (
             "version_policy { latest { num_versions: 0 } }",
@@ -295,7 +271,10 @@ def test_config_errors(change: tuple[str, str, int], message: str | None) -> Non
             "version_policy { specific { } }",
             "version_policy.specific.versions: specific needs at least one version",
         ),
-        ('parameters { key: "clara_gpu" }', "parameters[0]: expected key"),
+        (
+            'parameters { key: "clara_gpu" }',
+            "parameters[clara_gpu]: expected a non-negative number, got ''",
+        ),
         (
             'parameters { key: "clara_gpu" value { string_value: "half" } }',
             "parameters[clara_gpu]: expected a non-negative number, got 'half'",
@@ -316,6 +295,31 @@ def test_config_errors(change: tuple[str, str, int], message: str | None) -> Non
 )
 def test_config_errors_name_the_key(extra: str, message: str) -> None:
     with pytest.raises(ModelRepositoryError, match=re.escape(f"m/config.pbtxt: {message}")):
+        ModelConfig.parse(TINY + extra, "m/config.pbtxt")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "instance_group [ { kind: KIND_TPU } ]",
+            "7:26: 'instance_group [ { kind: KIND_TPU } ]': Enum type "
+            '"inference.ModelInstanceGroup.Kind" has no value named KIND_TPU. '
+            "Expected one of KIND_AUTO, KIND_GPU, KIND_CPU, KIND_MODEL.",
+        ),
+        (
+            "dynamic_batching { max_queue_delay_microseconds: -5 }",
+            "7:50: 'dynamic_batching { max_queue_delay_microseconds: -5 }': Value out of range: -5",
+        ),
+        (
+            "version_policy { latest { num_versions: 1 } all { } }",
+            '7:45: Field "all" is specified along with field "latest", another member of oneof '
+            '"policy_choice" for message type "inference.ModelVersionPolicy".',
+        ),
+    ],
+)
+def test_config_protobuf_errors_name_the_line(extra: str, message: str) -> None:
+    with pytest.raises(ModelRepositoryError, match=re.escape(f"m/config.pbtxt:{message}")):
         ModelConfig.parse(TINY + extra, "m/config.pbtxt")
 
 
@@ -448,7 +452,9 @@ def test_unknown_datatype_in_repository(repo: Path) -> None:
     with pytest.raises(
         ModelRepositoryError,
         match=re.escape(
-            f"{repo / 'tiny' / 'config.pbtxt'}: input[0].data_type: unknown data_type 'TYPE_FLOAT32'"
+            f"{repo / 'tiny' / 'config.pbtxt'}:5:39: "
+            "'input [ { name: \"INPUT__0\" data_type: TYPE_FLOAT32 dims: [ 1, 4 ] } ]': "
+            'Enum type "inference.DataType" has no value named TYPE_FLOAT32.'
         ),
     ):
         ModelRepository(repo).models()

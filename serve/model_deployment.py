@@ -1,0 +1,169 @@
+"""The Ray Serve deployment of one model, ``model-<name>``.
+
+A thin wrapper over a :mod:`clara_ray.inference.backends` class: replicas and
+``num_gpus`` per replica come from the model's ``config.pbtxt``,
+``@serve.batch`` batches dynamically counted in rows, and ``check_health``
+reports a broken backend.  The ingress and
+:class:`clara_ray.inference.clients.ServeClient` call it through
+DeploymentHandles.
+"""
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+from ray import serve
+
+from clara_ray.inference.backends import Backend, TorchScriptBackend, TritonBackend
+from clara_ray.inference.errors import InferenceError, ModelFailedError
+from clara_ray.inference.metrics import InferenceMetrics
+from clara_ray.inference.validate import validate_inputs, validate_outputs
+from clara_ray.phi import keep_patient_data_out_of_logs
+from serve.inference_args import ModelPlan
+
+__all__ = ["ModelDeployment"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Item:
+    version: str
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]
+    rows: int
+
+
+def _batch_rows(items: list[_Item]) -> int:
+    return sum(item.rows for item in items)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=10)
+class ModelDeployment:
+    """Every served version of one model; requests are batched by :meth:`_run_batch`."""
+
+    def __init__(self, plan: ModelPlan) -> None:
+        keep_patient_data_out_of_logs()
+        self.plan = plan
+        self.entry = plan.entry
+        self.name = plan.entry.name
+        self.backends: dict[str, Backend] = {}
+        for version in self.entry.versions:
+            if plan.triton_url:
+                self.backends[version] = TritonBackend(
+                    self.entry.config, version, plan.triton_url, plan.triton_protocol
+                )
+            else:
+                self.backends[version] = TorchScriptBackend(
+                    self.entry.config, version, self.entry.model_file(version), plan.device
+                )
+        self.metrics = InferenceMetrics()
+        self.batches: collections.deque[tuple[int, int]] = collections.deque(maxlen=1000)
+        self._run_batch.set_max_batch_size(plan.max_batch_size)  # type: ignore[attr-defined]
+        self._run_batch.set_batch_wait_timeout_s(plan.batch_wait_timeout_s)  # type: ignore[attr-defined]
+
+    async def infer(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str] | None = None,
+        version: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Validate and run one request (batched with concurrent ones)."""
+        start = time.perf_counter()
+        try:
+            chosen = self.entry.resolve_version(version)
+            validate_inputs(self.entry.config, inputs)
+            names = validate_outputs(self.entry.config, outputs)
+            rows = (
+                int(next(iter(inputs.values())).shape[0])
+                if self.entry.config.max_batch_size > 0 and inputs
+                else 1
+            )
+            if rows > self.plan.max_batch_size:  # larger requests run alone, unsplit
+                result = await asyncio.to_thread(self._run_alone, chosen, inputs, names)
+            else:
+                result = await self._run_batch(_Item(chosen, inputs, names, rows))
+        except InferenceError as exc:
+            self.metrics.request(self.name, exc.status_code)
+            raise
+        except Exception as exc:
+            self.metrics.request(self.name, 500)
+            log.exception("model %s failed", self.name)
+            raise ModelFailedError(f"model {self.name!r} failed: {exc}") from None
+        self.metrics.request(self.name, 200)
+        self.metrics.latency(self.name, time.perf_counter() - start)
+        return result
+
+    def _run_alone(
+        self, version: str, inputs: dict[str, np.ndarray], names: list[str]
+    ) -> dict[str, np.ndarray]:
+        self.batches.append((1, int(next(iter(inputs.values())).shape[0])))
+        self.metrics.batch(self.name, self.batches[-1][1])
+        return self.backends[version].infer(inputs, names)
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0, batch_size_fn=_batch_rows)
+    async def _run_batch(self, items: list[_Item]) -> list[dict[str, np.ndarray]]:
+        rows = _batch_rows(items)
+        self.batches.append((len(items), rows))
+        self.metrics.batch(self.name, rows)
+        return await asyncio.to_thread(self._compute, items)
+
+    def _compute(self, items: list[_Item]) -> list[dict[str, np.ndarray]]:
+        results: list[dict[str, np.ndarray]] = [{} for _ in items]
+        by_version: dict[str, list[int]] = collections.defaultdict(list)
+        for i, item in enumerate(items):
+            by_version[item.version].append(i)
+        for version, indices in by_version.items():
+            outs = self.backends[version].infer_many(
+                [items[i].inputs for i in indices], [items[i].outputs for i in indices]
+            )
+            for i, out in zip(indices, outs, strict=True):
+                results[i] = out
+        return results
+
+    def metadata(self, version: str | None = None) -> dict[str, Any]:
+        self.entry.resolve_version(version)
+        return self.entry.metadata()
+
+    def ready(self, version: str | None = None) -> bool:
+        backend = self.backends[self.entry.resolve_version(version)]
+        try:
+            backend.check_health()
+        except InferenceError:
+            return False
+        return True
+
+    def check_health(self) -> None:
+        for backend in self.backends.values():
+            backend.check_health()
+
+    def stats(self) -> dict[str, Any]:
+        """Recent batches (requests, rows), this replica's id and GPU ids, for tests and operators."""
+        context = serve.get_replica_context()
+        backend = next(iter(self.backends.values()))
+        return {
+            "model": self.name,
+            "replica": context.replica_id.unique_id,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "device": getattr(backend, "device", "triton"),
+            "torch_threads": _torch_threads(),
+            "max_batch_size": self.plan.max_batch_size,
+            "batch_wait_timeout_s": self.plan.batch_wait_timeout_s,
+            "batches": list(self.batches),
+        }
+
+    def __del__(self) -> None:
+        for backend in getattr(self, "backends", {}).values():
+            backend.close()
+
+
+def _torch_threads() -> int | None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return None if torch is None else int(torch.get_num_threads())
