@@ -188,8 +188,8 @@ class _Adapter:
         import ray
 
         from clara_ray.client import PlatformClient
-        from clara_ray.core.actor import get_or_create_core
         from clara_ray.dicom.actors import get_or_create_adapter
+        from clara_ray.platform import get_or_create_core
         from clara_ray.settings import load_settings
 
         self.settings = load_settings(
@@ -211,15 +211,14 @@ class _Adapter:
                 log_to_driver=False,
                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
             )
-        self.client = PlatformClient(self.settings, get_or_create_core(self.settings))
+        self.client = PlatformClient.of_actor(self.settings, get_or_create_core(self.settings))
         self.handle = get_or_create_adapter(self.settings)
         status = ray.get(self.handle.status.remote(), timeout=120)
         self.receivers = len(status["receivers"])
         self.splits: list[list[int]] = []  # instances per receiver, per run
         pipeline = self.client.create_pipeline(PIPELINE).name
         for ae in ae_titles:
-            self.client.call(
-                "dicom_put",
+            self.client.core.dicom_put(
                 "aetitle",
                 {"ae_title": ae, "pipelines": [pipeline], "timeout": GROUP_TIMEOUT_S},
             )

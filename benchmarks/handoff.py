@@ -57,7 +57,7 @@ def _platform_runs(repeats: int) -> list[float]:
     import ray
 
     from clara_ray.client import PlatformClient
-    from clara_ray.core.actor import get_or_create_core
+    from clara_ray.platform import get_or_create_core
     from clara_ray.settings import load_settings
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +73,7 @@ def _platform_runs(repeats: int) -> list[float]:
             settings = load_settings(
                 env={"CLARA_RAY_DATA_DIR": tmp, "CLARA_RAY_SERVE__ENABLED": "false"}
             )
-            client = PlatformClient(settings, get_or_create_core(settings))
+            client = PlatformClient.of_actor(settings, get_or_create_core(settings))
             (Path(tmp) / "p").mkdir()
             (Path(tmp) / "p" / "x").write_text("x")
             pipeline = Path(tmp) / "bench.yaml"

@@ -72,7 +72,7 @@ def _pipelines(study: Path, data: Path, repeats: int) -> dict[str, Any]:
     import ray
 
     from clara_ray.client import PlatformClient
-    from clara_ray.core.actor import get_or_create_core
+    from clara_ray.platform import get_or_create_core
     from clara_ray.settings import load_settings
 
     ray.init(
@@ -87,7 +87,7 @@ def _pipelines(study: Path, data: Path, repeats: int) -> dict[str, Any]:
         settings = load_settings(
             env={"CLARA_RAY_DATA_DIR": str(data), "CLARA_RAY_SERVE__ENABLED": "false"}
         )
-        client = PlatformClient(settings, get_or_create_core(settings))
+        client = PlatformClient.of_actor(settings, get_or_create_core(settings))
         payload = client.upload_payload(study).payload_id
         out = {}
         for name in PIPELINES:

@@ -15,7 +15,9 @@ from typing import Any
 import ray
 from ray.exceptions import RayTaskError
 
-from clara_ray.core.model import JobRecord, JobState, PayloadRecord, PipelineRecord
+from clara_ray.contracts.core_client import CoreClient
+from clara_ray.contracts.placement import CORE_ACTOR_NAME
+from clara_ray.contracts.records import JobRecord, JobState, PayloadRecord, PipelineRecord
 from clara_ray.errors import ClaraError, NotFoundError, PlatformNotRunningError
 from clara_ray.pipeline import load_pipeline
 from clara_ray.settings import Settings
@@ -27,7 +29,8 @@ Progress = Callable[[int], None]
 
 
 def call_actor(actor: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call an actor method and wait; a ClaraError raised in the actor is raised as itself."""
+    """Call a method of an actor other than the Core (its calls go through
+    :class:`CoreClient`) and wait; a ClaraError raised in the actor is raised as itself."""
     try:
         return ray.get(getattr(actor, method).remote(*args, **kwargs))
     except RayTaskError as exc:
@@ -44,7 +47,7 @@ def _job_runtime_env() -> dict[str, Any]:
 
 
 class PlatformClient:
-    def __init__(self, settings: Settings, core: Any) -> None:
+    def __init__(self, settings: Settings, core: CoreClient) -> None:
         self.settings = settings
         self.core = core
         self.storage = Storage(settings.storage)
@@ -52,8 +55,6 @@ class PlatformClient:
     @classmethod
     def connect(cls, settings: Settings) -> PlatformClient:
         """Attach to the running platform named by ``settings`` (Ray must already be initialised)."""
-        from clara_ray.core.actor import CORE_ACTOR_NAME
-
         try:
             core = ray.get_actor(CORE_ACTOR_NAME, namespace=settings.ray.namespace)
         except ValueError:
@@ -61,23 +62,30 @@ class PlatformClient:
                 f"no Core actor '{CORE_ACTOR_NAME}' in Ray namespace '{settings.ray.namespace}'; "
                 "start the platform with `clara-ray up`"
             ) from None
-        return cls(settings, core)
+        return cls.of_actor(settings, core)
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call a Core method; a ClaraError raised in the Core is raised here as itself."""
-        return call_actor(self.core, method, *args, **kwargs)
+    @classmethod
+    def of_actor(cls, settings: Settings, core: Any) -> PlatformClient:
+        """A client of the Core actor handle ``core``.
+
+        It neither retries nor bounds a call's wait: a driver reports a Core that is down.
+        """
+        client = CoreClient(
+            CORE_ACTOR_NAME, settings.ray.namespace, retry_seconds=0, call_timeout=None, actor=core
+        )
+        return cls(settings, client)
 
     # -- pipelines -------------------------------------------------------------
     def create_pipeline(self, path: str | Path) -> PipelineRecord:
         load_pipeline(path)  # validate here first: the same errors, with the local file name
-        return self.call("create_pipeline", Path(path).read_text(encoding="utf-8"), str(path))
+        return self.core.create_pipeline(Path(path).read_text(encoding="utf-8"), str(path))
 
     def resolve_pipeline(self, ref: str) -> str:
         """A pipeline name; a file path is created (or updated) first."""
         path = Path(ref)
         if path.suffix in (".yaml", ".yml") and path.is_file():
             return self.create_pipeline(path).name
-        return self.call("get_pipeline", ref).name
+        return self.core.get_pipeline(ref).name
 
     # -- payloads --------------------------------------------------------------
     def upload_payload(
@@ -85,15 +93,13 @@ class PlatformClient:
     ) -> PayloadRecord:
         payload_id = uuid.uuid4().hex
         self.storage.upload_payload(payload_id, Path(source), progress)
-        return self.call(
-            "register_payload", payload_id, name=name, source=str(Path(source).resolve())
-        )
+        return self.core.register_payload(payload_id, name=name, source=str(Path(source).resolve()))
 
     def resolve_payload(self, ref: str, progress: Progress | None = None) -> str:
         """A payload id; a folder is uploaded as a new payload first."""
         if Path(ref).exists():
             return self.upload_payload(ref, progress=progress).payload_id
-        return self.call("get_payload", ref).payload_id
+        return self.core.get_payload(ref).payload_id
 
     # -- jobs ------------------------------------------------------------------
     def create_job(
@@ -110,8 +116,7 @@ class PlatformClient:
     ) -> JobRecord:
         pipeline_name = self.resolve_pipeline(pipeline)
         payload_id = self.resolve_payload(payload, progress)
-        job: JobRecord = self.call(
-            "create_job",
+        job: JobRecord = self.core.create_job(
             uuid.uuid4().hex,
             pipeline_name,
             payload_id,
@@ -122,7 +127,7 @@ class PlatformClient:
             runtime_env=_job_runtime_env(),
         )
         if start:
-            job = self.call("start_job", job.job_id)
+            job = self.core.start_job(job.job_id)
         return job
 
     def wait_job(
@@ -135,16 +140,16 @@ class PlatformClient:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            job: JobRecord = self.call("get_job", job_id)
+            job: JobRecord = self.core.get_job(job_id)
             if job.state is JobState.STOPPED:
-                described: dict[str, Any] = self.call("describe_job", job_id)
+                described: dict[str, Any] = self.core.describe_job(job_id)
                 return described
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.state} after {timeout} s")
             time.sleep(poll)
 
     def logs(self, job_id: str, operator: str | None = None) -> dict[str, str]:
-        described = self.call("describe_job", job_id, results=False)
+        described = self.core.describe_job(job_id, results=False)
         names = [op["name"] for op in described["operators"]]
         if operator is not None and operator not in names:
             raise NotFoundError(
@@ -155,7 +160,7 @@ class PlatformClient:
     def download(
         self, job_id: str, operator: str | None, dest: Path, progress: Progress | None = None
     ) -> list[FileEntry]:
-        self.call("get_job", job_id)
+        self.core.get_job(job_id)
         return self.storage.download_results(job_id, operator, dest, progress)
 
     def results_size(self, job_id: str, operator: str | None) -> int:

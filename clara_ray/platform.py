@@ -18,11 +18,21 @@ import yaml
 
 from clara_ray import auth_token, local_head
 from clara_ray.client import PlatformClient
-from clara_ray.core.actor import CORE_ACTOR_NAME, get_or_create_core
+from clara_ray.contracts.placement import CORE_ACTOR_NAME
+from clara_ray.core.actor import create_core
 from clara_ray.errors import ClaraError, NotFoundError, PlatformNotRunningError
+from clara_ray.runner.launcher import RayRunnerLauncher
 from clara_ray.settings import Settings
 
-__all__ = ["connect", "down", "local_ray_info", "reference_pipeline_files", "status", "up"]
+__all__ = [
+    "connect",
+    "down",
+    "get_or_create_core",
+    "local_ray_info",
+    "reference_pipeline_files",
+    "status",
+    "up",
+]
 
 log = logging.getLogger(__name__)
 local_ray_info = local_head.head_info
@@ -38,6 +48,18 @@ def _address(settings: Settings) -> str:
             "start it with `clara-ray up` (or `make run`)"
         )
     return str(info["address"])
+
+
+def _runner_launcher(settings: Settings) -> RayRunnerLauncher:
+    launcher = RayRunnerLauncher(settings)
+    launcher.host()  # started now, so that the first job need not wait for its process
+    return launcher
+
+
+def get_or_create_core(settings: Settings) -> Any:
+    """The namespace's Core actor, created (detached, restartable) if absent, running its
+    jobs in the runner host."""
+    return create_core(settings, _runner_launcher)
 
 
 def _init(address: str, settings: Settings) -> None:
@@ -74,7 +96,7 @@ def _register_reference_pipelines(client: PlatformClient) -> list[str]:
     for path in reference_pipeline_files():
         name = str((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("name", ""))
         try:
-            client.call("get_pipeline", name)
+            client.core.get_pipeline(name)
             continue
         except NotFoundError:
             pass
@@ -96,7 +118,7 @@ def up(settings: Settings) -> dict[str, Any]:
     core = get_or_create_core(settings)
     ray.get(core.ping.remote(), timeout=120)
     registered = (
-        _register_reference_pipelines(PlatformClient(settings, core))
+        _register_reference_pipelines(PlatformClient.of_actor(settings, core))
         if settings.core.register_reference_pipelines
         else []
     )

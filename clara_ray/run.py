@@ -23,9 +23,8 @@ import ray
 
 from clara_ray.cli.output import job_text
 from clara_ray.client import PlatformClient
-from clara_ray.core.actor import get_or_create_core
 from clara_ray.errors import ClaraError
-from clara_ray.platform import connect
+from clara_ray.platform import connect, get_or_create_core
 from clara_ray.settings import load_settings
 
 
@@ -39,7 +38,7 @@ def _client(config: str | None) -> PlatformClient:
         )
         core = get_or_create_core(settings)
         ray.get(core.ping.remote(), timeout=120)
-        return PlatformClient(settings, core)
+        return PlatformClient.of_actor(settings, core)
     return connect(settings)
 
 

@@ -112,11 +112,11 @@ def platform(ray_session: None, settings) -> Iterator:
     import ray
 
     from clara_ray.client import PlatformClient
-    from clara_ray.core.actor import get_or_create_core
+    from clara_ray.platform import get_or_create_core
 
     core = get_or_create_core(settings)
     ray.get(core.ping.remote())
-    client = PlatformClient(settings, core)
+    client = PlatformClient.of_actor(settings, core)
     yield client
     for actor in ray.util.list_named_actors(all_namespaces=True):
         if actor["namespace"] == settings.ray.namespace:

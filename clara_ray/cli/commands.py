@@ -88,7 +88,7 @@ def create_pipeline(args: argparse.Namespace) -> int:
 
 
 def list_pipelines(args: argparse.Namespace) -> int:
-    recs = _client(args).call("list_pipelines")
+    recs = _client(args).core.list_pipelines()
     emit(
         args.json,
         [r.to_dict() | {"definition": None} for r in recs],
@@ -101,7 +101,7 @@ def list_pipelines(args: argparse.Namespace) -> int:
 
 
 def describe_pipeline(args: argparse.Namespace) -> int:
-    rec = _client(args).call("get_pipeline", args.name)
+    rec = _client(args).core.get_pipeline(args.name)
     emit(
         args.json,
         rec.to_dict(),
@@ -111,7 +111,7 @@ def describe_pipeline(args: argparse.Namespace) -> int:
 
 
 def delete_pipeline(args: argparse.Namespace) -> int:
-    _client(args).call("delete_pipeline", args.name)
+    _client(args).core.delete_pipeline(args.name)
     emit(args.json, {"deleted": args.name}, f"deleted pipeline {args.name}")
     return 0
 
@@ -140,7 +140,7 @@ def create_payload(args: argparse.Namespace) -> int:
 
 
 def list_payloads(args: argparse.Namespace) -> int:
-    recs = _client(args).call("list_payloads")
+    recs = _client(args).core.list_payloads()
     emit(
         args.json,
         [r.to_dict() for r in recs],
@@ -153,7 +153,7 @@ def list_payloads(args: argparse.Namespace) -> int:
 
 
 def delete_payload(args: argparse.Namespace) -> int:
-    _client(args).call("delete_payload", args.payload)
+    _client(args).core.delete_payload(args.payload)
     emit(args.json, {"deleted": args.payload}, f"deleted payload {args.payload}")
     return 0
 
@@ -184,19 +184,19 @@ def create_job(args: argparse.Namespace) -> int:
 
 
 def start_job(args: argparse.Namespace) -> int:
-    job = _client(args).call("start_job", args.job_id)
+    job = _client(args).core.start_job(args.job_id)
     emit(args.json, job.to_dict(), f"{job.job_id} {job.state}")
     return 0
 
 
 def cancel_job(args: argparse.Namespace) -> int:
-    job = _client(args).call("cancel_job", args.job_id)
+    job = _client(args).core.cancel_job(args.job_id)
     emit(args.json, job.to_dict(), f"{job.job_id} {job.state} / {job.status}")
     return 0
 
 
 def list_jobs(args: argparse.Namespace) -> int:
-    recs = _client(args).call("list_jobs", args.state, args.pipeline)
+    recs = _client(args).core.list_jobs(args.state, args.pipeline)
     emit(
         args.json,
         [r.to_dict() for r in recs],
@@ -220,7 +220,7 @@ def list_jobs(args: argparse.Namespace) -> int:
 
 
 def describe_job(args: argparse.Namespace) -> int:
-    d = _client(args).call("describe_job", args.job_id)
+    d = _client(args).core.describe_job(args.job_id)
     emit(args.json, d, job_text(d))
     return 0
 

@@ -32,22 +32,21 @@ def create_aetitle(args: argparse.Namespace) -> int:
         "allowed_sop_classes": args.allow_sop_class,
         "ignored_sop_classes": args.ignore_sop_class,
     }
-    entry = platform.connect(args.settings).call("dicom_put", "aetitle", data)
+    entry = platform.connect(args.settings).core.dicom_put("aetitle", data)
     emit(args.json, entry, f"AE title {entry['ae_title']} -> {', '.join(entry['pipelines'])}")
     return 0
 
 
 def create_source(args: argparse.Namespace) -> int:
-    entry = platform.connect(args.settings).call(
-        "dicom_put", "source", {"ae_title": args.ae_title, "host": args.host}
+    entry = platform.connect(args.settings).core.dicom_put(
+        "source", {"ae_title": args.ae_title, "host": args.host}
     )
     emit(args.json, entry, f"source {entry['ae_title']}@{entry['host']}")
     return 0
 
 
 def create_destination(args: argparse.Namespace) -> int:
-    entry = platform.connect(args.settings).call(
-        "dicom_put",
+    entry = platform.connect(args.settings).core.dicom_put(
         "destination",
         {
             "name": args.name,
@@ -66,7 +65,7 @@ def create_destination(args: argparse.Namespace) -> int:
 
 
 def list_entries(args: argparse.Namespace) -> int:
-    config = platform.connect(args.settings).call("dicom_config")
+    config = platform.connect(args.settings).core.dicom_config()
     kind = _KIND[args.kind]
     if kind == "aetitle":
         rows = [a.model_dump(mode="json") for a in config.aetitles]
@@ -101,7 +100,7 @@ def delete_entry(args: argparse.Namespace) -> int:
     key = f"{args.key}@{args.host}" if kind == "source" else args.key
     if kind == "source" and not args.host:
         raise ValueError("deleting a source needs --host (a source is AE title plus host)")
-    platform.connect(args.settings).call("dicom_delete", kind, key)
+    platform.connect(args.settings).core.dicom_delete(kind, key)
     emit(args.json, {"deleted": key, "kind": kind}, f"deleted {kind} {key}")
     return 0
 
@@ -126,7 +125,7 @@ def echo_destination(args: argparse.Namespace) -> int:
 
 
 def resend_export(args: argparse.Namespace) -> int:
-    rec = platform.connect(args.settings).call("resend_export", args.export_id)
+    rec = platform.connect(args.settings).core.resend_export(args.export_id)
     emit(
         args.json,
         rec.to_dict(),
@@ -136,7 +135,7 @@ def resend_export(args: argparse.Namespace) -> int:
 
 
 def list_exports(args: argparse.Namespace) -> int:
-    recs = platform.connect(args.settings).call("list_exports", args.job, args.state)
+    recs = platform.connect(args.settings).core.list_exports(args.job, args.state)
     emit(
         args.json,
         [r.to_dict() for r in recs],

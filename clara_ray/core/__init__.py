@@ -1,16 +1,9 @@
-"""Core: jobs, payloads, pipelines and results; SQLite is the source of truth."""
+"""Core: jobs, payloads, pipelines and results; SQLite is the source of truth.
 
-from clara_ray.core.model import JobPriority, JobRecord, JobState, JobStatus, OperatorRecord
+Its records and verbs, which its callers share, are in :mod:`clara_ray.contracts`.
+"""
+
 from clara_ray.core.service import CoreService
 from clara_ray.core.store import SQLiteStore, Store
 
-__all__ = [
-    "CoreService",
-    "JobPriority",
-    "JobRecord",
-    "JobState",
-    "JobStatus",
-    "OperatorRecord",
-    "SQLiteStore",
-    "Store",
-]
+__all__ = ["CoreService", "SQLiteStore", "Store"]

@@ -1,150 +1,58 @@
-"""The Core as a detached, named Ray actor: a thin adapter over :class:`CoreService`."""
+"""The Core as a detached, named Ray actor: a thin adapter over :class:`CoreService`.
+
+Each public method is one Core verb, called through
+:class:`clara_ray.contracts.core_client.CoreClient`; it runs under the service
+lock, so calls run one at a time, also against the reconcile loop.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-from clara_ray.core.model import JobRecord
-from clara_ray.core.service import CoreService, LaunchUnconfirmed
+from clara_ray.contracts.launcher import RunnerLauncher
+from clara_ray.contracts.placement import CORE_ACTOR_NAME, on_head_node
+from clara_ray.contracts.records import (
+    ExportRecord,
+    JobRecord,
+    PayloadRecord,
+    PipelineRecord,
+)
+from clara_ray.core.service import CoreService
 from clara_ray.core.store import SQLiteStore
 from clara_ray.phi import keep_patient_data_out_of_logs
-from clara_ray.runner.job_runner import RUNNER_HOST_NAME, JobRunnerHost, RunnerConfig
 from clara_ray.settings import Settings
 from clara_ray.storage import Storage
 
-__all__ = [
-    "CORE_ACTOR_NAME",
-    "CoreActor",
-    "RayRunnerLauncher",
-    "get_or_create_core",
-    "on_head_node",
-]
+if TYPE_CHECKING:
+    from clara_ray.dicom.config import DicomConfig
 
-CORE_ACTOR_NAME = "clara-core"
+__all__ = ["CoreActor", "LauncherFactory", "create_core"]
+
+LauncherFactory = Callable[[Settings], RunnerLauncher]
+"""Builds the launcher the Core runs jobs with; it may start what the launcher needs."""
 _RECONCILE_SECONDS = 5.0
-_HOST_CALL_SECONDS = 60.0
-_LIVENESS_SECONDS = 10.0
-_SERVICE_METHODS = (
-    "create_pipeline",
-    "get_pipeline",
-    "list_pipelines",
-    "delete_pipeline",
-    "register_payload",
-    "get_payload",
-    "list_payloads",
-    "delete_payload",
-    "create_job",
-    "get_job",
-    "describe_job",
-    "list_jobs",
-    "update_metadata",
-    "start_job",
-    "cancel_job",
-    "operator_started",
-    "operator_stopped",
-    "job_warning",
-    "job_stopped",
-    "dicom_put",
-    "dicom_delete",
-    "dicom_config",
-    "claim_export",
-    "export_finished",
-    "get_export",
-    "list_exports",
-    "resend_export",
-)
 log = logging.getLogger(__name__)
-
-
-class RayRunnerLauncher:
-    """Runs jobs in the namespace's :class:`JobRunnerHost` (``clara-runners``).
-
-    The host keeps the final reports it could not deliver in an outbox next to
-    the state database (both live on the head node).
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def host(self) -> Any:
-        """The runner host, created (detached, on the head node) if absent."""
-        return JobRunnerHost.options(  # type: ignore[attr-defined]
-            name=RUNNER_HOST_NAME,
-            namespace=self.settings.ray.namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            **on_head_node(),
-        ).remote(
-            str(self.settings.database.parent / "runner-outbox.db"),
-            CORE_ACTOR_NAME,
-            self.settings.ray.namespace,
-        )
-
-    def launch(self, job: JobRecord) -> None:
-        config = RunnerConfig(
-            job_id=job.job_id,
-            job_name=job.name,
-            pipeline=job.pipeline,
-            definition=job.definition,
-            payload_id=job.payload_id,
-            parameters=job.parameters,
-            storage_uri=self.settings.storage,
-            namespace=self.settings.ray.namespace,
-            core_name=CORE_ACTOR_NAME,
-            report_retry_seconds=self.settings.core.report_retry_seconds,
-            default_operator_timeout=self.settings.core.default_operator_timeout,
-            gpu_fallback=self.settings.core.gpu_fallback,
-            runtime_env=job.runtime_env or None,
-        )
-        try:
-            ray.get(self.host().start.remote(config), timeout=_HOST_CALL_SECONDS)
-        except (GetTimeoutError, RayActorError) as exc:  # the start may still happen
-            raise LaunchUnconfirmed(f"{type(exc).__name__}: {exc}") from exc
-
-    def _existing_host(self) -> Any:
-        try:
-            return ray.get_actor(RUNNER_HOST_NAME, namespace=self.settings.ray.namespace)
-        except ValueError:
-            return None
-
-    def running_jobs(self) -> set[str] | None:
-        """The host's jobs (running, or holding a final report); an empty set when there is
-        no host at all; None when the host does not answer in time (unknown)."""
-        host = self._existing_host()
-        if host is None:
-            return set()
-        try:
-            return set(ray.get(host.jobs.remote(), timeout=_LIVENESS_SECONDS))
-        except RayError as exc:
-            log.warning("runner host did not say which jobs it runs; deciding nothing: %s", exc)
-            return None
-
-    def cancel(self, job_id: str) -> None:
-        host = self._existing_host()
-        if host is not None:
-            host.cancel.remote(job_id)
 
 
 class CoreActor:
     """Reloads all state from the store in ``__init__``, so Ray may restart it at any time."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, launcher_factory: LauncherFactory) -> None:
         keep_patient_data_out_of_logs()
         logging.basicConfig(level=settings.log_level)
         self.settings = settings
         self.service = CoreService(
             SQLiteStore(settings.database),
             Storage(settings.storage),
-            launcher := RayRunnerLauncher(settings),
+            launcher_factory(settings),
             max_concurrent_jobs=settings.core.max_concurrent_jobs,
         )
         self.service.dicom_seed(settings.dicom)
-        launcher.host()  # started now, so that the first job need not wait for its process
         self.service.recover()
         self._stop = threading.Event()
         threading.Thread(
@@ -169,24 +77,204 @@ class CoreActor:
     def settings_dump(self) -> dict[str, Any]:
         return self.settings.model_dump(mode="json")
 
+    def create_pipeline(self, definition: str, source: str = "<api>") -> PipelineRecord:
+        with self.service._lock:
+            return self.service.create_pipeline(definition, source)
 
-def _delegate(name: str) -> Any:
-    def method(self: CoreActor, *args: Any, **kwargs: Any) -> Any:
-        with self.service._lock:  # one call at a time, also against the reconcile loop
-            return getattr(self.service, name)(*args, **kwargs)
+    def get_pipeline(self, name: str) -> PipelineRecord:
+        with self.service._lock:
+            return self.service.get_pipeline(name)
 
-    method.__name__ = name
-    method.__doc__ = getattr(CoreService, name).__doc__
-    return method
+    def list_pipelines(self) -> list[PipelineRecord]:
+        with self.service._lock:
+            return self.service.list_pipelines()
 
+    def delete_pipeline(self, name: str) -> bool:
+        with self.service._lock:
+            return self.service.delete_pipeline(name)
 
-for _name in _SERVICE_METHODS:
-    setattr(CoreActor, _name, _delegate(_name))
+    def register_payload(
+        self,
+        payload_id: str,
+        *,
+        name: str | None = None,
+        source: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> PayloadRecord:
+        with self.service._lock:
+            return self.service.register_payload(
+                payload_id, name=name, source=source, metadata=metadata
+            )
+
+    def get_payload(self, ref: str) -> PayloadRecord:
+        with self.service._lock:
+            return self.service.get_payload(ref)
+
+    def list_payloads(self) -> list[PayloadRecord]:
+        with self.service._lock:
+            return self.service.list_payloads()
+
+    def delete_payload(self, ref: str) -> bool:
+        with self.service._lock:
+            return self.service.delete_payload(ref)
+
+    def create_job(
+        self,
+        job_id: str,
+        pipeline: str,
+        payload: str,
+        *,
+        name: str | None = None,
+        priority: str = "normal",
+        parameters: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        runtime_env: Mapping[str, Any] | None = None,
+    ) -> JobRecord:
+        with self.service._lock:
+            return self.service.create_job(
+                job_id,
+                pipeline,
+                payload,
+                name=name,
+                priority=priority,
+                parameters=parameters,
+                metadata=metadata,
+                runtime_env=runtime_env,
+            )
+
+    def get_job(self, job_id: str) -> JobRecord:
+        with self.service._lock:
+            return self.service.get_job(job_id)
+
+    def describe_job(self, job_id: str, *, results: bool = True) -> dict[str, Any]:
+        with self.service._lock:
+            return self.service.describe_job(job_id, results=results)
+
+    def list_jobs(self, state: str | None = None, pipeline: str | None = None) -> list[JobRecord]:
+        with self.service._lock:
+            return self.service.list_jobs(state, pipeline)
+
+    def update_metadata(self, job_id: str, metadata: Mapping[str, str]) -> JobRecord:
+        with self.service._lock:
+            return self.service.update_metadata(job_id, metadata)
+
+    def start_job(self, job_id: str) -> JobRecord:
+        with self.service._lock:
+            return self.service.start_job(job_id)
+
+    def cancel_job(self, job_id: str, reason: str = "canceled by request") -> JobRecord:
+        with self.service._lock:
+            return self.service.cancel_job(job_id, reason)
+
+    def operator_started(
+        self,
+        job_id: str,
+        operator: str,
+        *,
+        started_at: float,
+        node_id: str | None,
+        node_ip: str | None,
+        gpu_ids: list[int],
+    ) -> None:
+        with self.service._lock:
+            return self.service.operator_started(
+                job_id,
+                operator,
+                started_at=started_at,
+                node_id=node_id,
+                node_ip=node_ip,
+                gpu_ids=gpu_ids,
+            )
+
+    def operator_stopped(
+        self,
+        job_id: str,
+        operator: str,
+        *,
+        status: str,
+        ended_at: float,
+        message: str | None = None,
+        started_at: float | None = None,
+        node_id: str | None = None,
+        node_ip: str | None = None,
+        gpu_ids: list[int] | None = None,
+    ) -> None:
+        with self.service._lock:
+            return self.service.operator_stopped(
+                job_id,
+                operator,
+                status=status,
+                ended_at=ended_at,
+                message=message,
+                started_at=started_at,
+                node_id=node_id,
+                node_ip=node_ip,
+                gpu_ids=gpu_ids,
+            )
+
+    def job_warning(self, job_id: str, warning: str) -> None:
+        with self.service._lock:
+            return self.service.job_warning(job_id, warning)
+
+    def job_stopped(self, job_id: str, status: str, reason: str | None = None) -> JobRecord:
+        with self.service._lock:
+            return self.service.job_stopped(job_id, status, reason)
+
+    def dicom_put(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        with self.service._lock:
+            return self.service.dicom_put(kind, data)
+
+    def dicom_delete(self, kind: str, key: str) -> bool:
+        with self.service._lock:
+            return self.service.dicom_delete(kind, key)
+
+    def dicom_config(self) -> DicomConfig:
+        with self.service._lock:
+            return self.service.dicom_config()
+
+    def claim_export(
+        self,
+        worker: str,
+        lease_seconds: float = 120.0,
+        claim_id: str | None = None,
+        destination: str | None = None,
+    ) -> dict[str, Any] | None:
+        with self.service._lock:
+            return self.service.claim_export(worker, lease_seconds, claim_id, destination)
+
+    def export_finished(
+        self,
+        export_id: str,
+        *,
+        ok: bool,
+        reason: str | None = None,
+        retry_in: float | None = None,
+        sent: int = 0,
+    ) -> ExportRecord:
+        with self.service._lock:
+            return self.service.export_finished(
+                export_id, ok=ok, reason=reason, retry_in=retry_in, sent=sent
+            )
+
+    def get_export(self, export_id: str) -> ExportRecord:
+        with self.service._lock:
+            return self.service.get_export(export_id)
+
+    def list_exports(
+        self, job_id: str | None = None, state: str | None = None
+    ) -> list[ExportRecord]:
+        with self.service._lock:
+            return self.service.list_exports(job_id, state)
+
+    def resend_export(self, export_id: str) -> ExportRecord:
+        with self.service._lock:
+            return self.service.resend_export(export_id)
+
 
 CoreActorRemote = ray.remote(CoreActor)
 
 
-def get_or_create_core(settings: Settings) -> Any:
+def create_core(settings: Settings, launcher_factory: LauncherFactory) -> Any:
     """The namespace's Core actor, created (detached, restartable) if absent."""
     options: dict[str, Any] = {
         "name": CORE_ACTOR_NAME,
@@ -197,12 +285,4 @@ def get_or_create_core(settings: Settings) -> Any:
         "max_task_retries": -1,
         "num_cpus": 0,
     }
-    return CoreActorRemote.options(**options, **on_head_node()).remote(settings)
-
-
-def on_head_node() -> dict[str, Any]:
-    """Actor options that place it on the head node (where the state database, the DICOM
-    spool and the DICOM port live); empty where Ray has no head-node resource."""
-    if "node:__internal_head__" in ray.cluster_resources():
-        return {"resources": {"node:__internal_head__": 0.001}}
-    return {}
+    return CoreActorRemote.options(**options, **on_head_node()).remote(settings, launcher_factory)

@@ -17,45 +17,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
-from clara_ray.core.model import JobRecord, _CodedValue, _plain
+from clara_ray.contracts.records import ExportRecord, ExportState, JobRecord
 from clara_ray.errors import ClaraError, ConflictError, NotFoundError
 from clara_ray.export_manifest import find_manifests
 
-__all__ = ["ExportRecord", "ExportState", "ExportsMixin"]
+__all__ = ["ExportsMixin"]
 
 log = logging.getLogger(__name__)
 _EXPORT_NAMESPACE = uuid.UUID("6f1f8f3e-2b7a-4c55-9d53-3c0f7f2b8a10")
-
-
-class ExportState(_CodedValue):
-    PENDING = "Pending"
-    IN_PROGRESS = "InProgress"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-
-
-@dataclass
-class ExportRecord:
-    export_id: str
-    job_id: str
-    operator: str
-    destination: str
-    files: list[str]
-    state: ExportState = ExportState.PENDING
-    attempts: int = 0
-    reason: str | None = None
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    next_attempt_at: float = 0.0
-    lease_until: float | None = None
-    sent: int = 0
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
 
 
 class ExportsMixin:

@@ -24,11 +24,10 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from clara_ray.core.dicom_registry import DicomRegistryMixin
-from clara_ray.core.exports import ExportsMixin
-from clara_ray.core.model import (
+from clara_ray.contracts.launcher import LaunchUnconfirmed, RunnerLauncher
+from clara_ray.contracts.records import (
     JobPriority,
     JobRecord,
     JobState,
@@ -37,41 +36,19 @@ from clara_ray.core.model import (
     PayloadRecord,
     PipelineRecord,
 )
+from clara_ray.core.dicom_registry import DicomRegistryMixin
+from clara_ray.core.exports import ExportsMixin
 from clara_ray.core.store import Store
 from clara_ray.errors import ClaraError, ConflictError, NotFoundError
 from clara_ray.pipeline import parse_pipeline, resolve_pipeline
 from clara_ray.storage import Storage
 
-__all__ = ["CoreService", "LaunchUnconfirmed", "RunnerLauncher"]
+__all__ = ["CoreService"]
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 _LAUNCH_QUEUE_SIZE = 1024
 _RESULTS_CACHE_SIZE = 256
-
-
-class LaunchUnconfirmed(Exception):
-    """The launcher cannot tell whether the runner started (its call timed out, say).
-
-    Starting a job that already runs is a no-op, so the Core keeps the job
-    Running and lets :meth:`CoreService.recover` confirm it or start it again.
-    """
-
-
-class RunnerLauncher(Protocol):
-    """Starts, lists and stops job runners (a Ray actor in production).
-
-    ``launch`` may block: the Core calls it from its launch thread, never under
-    its lock.  It raises :class:`LaunchUnconfirmed` when the start may or may
-    not have happened, anything else when it definitely failed.
-    ``running_jobs`` names the jobs whose runners run, or hold a final report
-    not yet delivered to the Core; ``None`` when that cannot be known now (the
-    runner host is slow or unreachable).
-    """
-
-    def launch(self, job: JobRecord) -> None: ...
-    def running_jobs(self) -> set[str] | None: ...
-    def cancel(self, job_id: str) -> None: ...
 
 
 def _locked(fn: F) -> F:

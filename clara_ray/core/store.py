@@ -17,8 +17,9 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from clara_ray.core.exports import ExportRecord, ExportState
-from clara_ray.core.model import (
+from clara_ray.contracts.records import (
+    ExportRecord,
+    ExportState,
     JobPriority,
     JobRecord,
     JobState,

@@ -21,8 +21,8 @@ from typing import Any
 
 import ray
 
-from clara_ray.core.actor import CORE_ACTOR_NAME, on_head_node
-from clara_ray.core.handle import CoreHandle
+from clara_ray.contracts.core_client import CoreClient
+from clara_ray.contracts.placement import CORE_ACTOR_NAME, on_head_node
 from clara_ray.dicom.balance import ConnectionBalancer, balancing_supported
 from clara_ray.dicom.config import DicomConfig
 from clara_ray.dicom.export_workers import core_exports
@@ -79,12 +79,12 @@ class DicomAdapter:
         keep_patient_data_out_of_logs()
         logging.basicConfig(level=settings.log_level)
         self.settings = settings
-        self.core = CoreHandle(
+        self.core = CoreClient(
             CORE_ACTOR_NAME, settings.ray.namespace, settings.core.report_retry_seconds
         )
         self.storage = Storage(settings.storage)
         self.spool = Spool(settings.spool_dir)
-        self.config: DicomConfig = self.core.call("dicom_config")
+        self.config: DicomConfig = self.core.dicom_config()
         self.client_tls = ClientTls(settings.dicom.tls)
         self.receivers = [
             DicomReceiver.options(**on_head_node()).remote(settings, self.config, index)  # type: ignore[attr-defined]
@@ -129,7 +129,7 @@ class DicomAdapter:
                 self._stop.wait(period)
 
     def _refresh_config(self) -> None:
-        config = self.core.call("dicom_config")
+        config = self.core.dicom_config()
         if config != self.config:
             self.config = config
             ray.get([r.update_config.remote(config) for r in self.receivers])
@@ -164,7 +164,7 @@ class DicomAdapter:
         ]
 
     def echo(self, destination: str) -> float:
-        config: DicomConfig = self.core.call("dicom_config")
+        config: DicomConfig = self.core.dicom_config()
         dest = config.destination(destination)
         if dest is None:
             known = ", ".join(d.name for d in config.destinations) or "none"

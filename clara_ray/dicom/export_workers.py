@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from clara_ray.contracts.records import ExportRecord
 from clara_ray.dicom.config import DicomSettings, ExportSettings
 from clara_ray.dicom.exporter import run_export
 from clara_ray.storage import Storage
@@ -172,9 +173,26 @@ class ExportScheduler:
 
 
 class CoreCaller(Protocol):
-    """What :func:`core_exports` needs of the Core: ``CoreHandle.call``."""
+    """What :func:`core_exports` needs of the Core (a
+    :class:`~clara_ray.contracts.core_client.CoreClient`)."""
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
+    def claim_export(
+        self,
+        worker: str,
+        lease_seconds: float = 120.0,
+        claim_id: str | None = None,
+        destination: str | None = None,
+    ) -> dict[str, Any] | None: ...
+
+    def export_finished(
+        self,
+        export_id: str,
+        *,
+        ok: bool,
+        reason: str | None = None,
+        retry_in: float | None = None,
+        sent: int = 0,
+    ) -> ExportRecord: ...
 
 
 def core_exports(
@@ -190,14 +208,12 @@ def core_exports(
     def claim(destination: str, lease_seconds: float) -> Claimed | None:
         # one claim id per claim: a call Ray retries against a restarted Core gets the same export
         claim_id = uuid.uuid4().hex
-        return core.call(
-            "claim_export", worker, lease_seconds, claim_id=claim_id, destination=destination
-        )
+        return core.claim_export(worker, lease_seconds, claim_id=claim_id, destination=destination)
 
     def send(claimed: Claimed, lease_end: float) -> dict[str, Any]:
         return run_export(storage, settings, claimed, client_tls, lease_end=lease_end)
 
     def finish(claimed: Claimed, outcome: dict[str, Any]) -> None:
-        core.call("export_finished", claimed["export"].export_id, **outcome)
+        core.export_finished(claimed["export"].export_id, **outcome)
 
     return ExportScheduler(claim, send, finish, settings.export)

@@ -17,8 +17,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, Protocol
 
+from clara_ray.contracts.records import JobRecord, PayloadRecord
 from clara_ray.dicom.config import AeTitleConfig, DicomConfig
 from clara_ray.dicom.spool import ClosingGroup, Spool
 from clara_ray.errors import ClaraError
@@ -32,7 +34,31 @@ _DEFAULT_TIMEOUT = 5.0
 
 
 class CoreCalls(Protocol):
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
+    """What ingesting needs of the Core (a :class:`~clara_ray.contracts.core_client.CoreClient`)."""
+
+    def register_payload(
+        self,
+        payload_id: str,
+        *,
+        name: str | None = None,
+        source: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> PayloadRecord: ...
+
+    def create_job(
+        self,
+        job_id: str,
+        pipeline: str,
+        payload: str,
+        *,
+        name: str | None = None,
+        priority: str = "normal",
+        parameters: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        runtime_env: Mapping[str, Any] | None = None,
+    ) -> JobRecord: ...
+
+    def start_job(self, job_id: str) -> JobRecord: ...
 
 
 def payload_id_for(closing: ClosingGroup) -> str:
@@ -70,8 +96,7 @@ class GroupCloser:
         payload_id = payload_id_for(closing)
         if not self.storage.is_sealed(payload_id):
             self.storage.upload_payload(payload_id, closing.path, files=files, link=True)
-        self.core.call(
-            "register_payload",
+        self.core.register_payload(
             payload_id,
             source=f"dicom:{closing.called_ae}",
             metadata={
@@ -95,8 +120,7 @@ class GroupCloser:
             for pipeline in ae.pipelines:
                 job_id = job_id_for(payload_id, pipeline)
                 try:
-                    self.core.call(
-                        "create_job",
+                    self.core.create_job(
                         job_id,
                         pipeline,
                         payload_id,
@@ -104,7 +128,7 @@ class GroupCloser:
                         priority=ae.priority,
                         metadata={"called_ae": ae.ae_title, "group_uid": closing.group_uid},
                     )
-                    self.core.call("start_job", job_id)
+                    self.core.start_job(job_id)
                 except ClaraError as exc:
                     log.error(
                         "AE title %s: no job of pipeline '%s' on payload %s: %s",

@@ -26,26 +26,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 import ray
 from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
-from clara_ray.core.handle import CoreHandle
-from clara_ray.core.model import JobStatus
+from clara_ray.contracts.core_client import CoreClient
+from clara_ray.contracts.records import JobStatus
 from clara_ray.errors import ClaraError
 from clara_ray.phi import keep_patient_data_out_of_logs
 from clara_ray.pipeline import ResolvedOperator, ServiceSpec, parse_pipeline, resolve_pipeline
 from clara_ray.runner.execute import OperatorCall
 from clara_ray.runner.metrics import RunnerMetrics
-from clara_ray.runner.outbox import FINAL_REPORT, ReportOutbox
+from clara_ray.runner.outbox import Report, ReportOutbox
 from clara_ray.runner.task import operator_task
 
 __all__ = ["RUNNER_HOST_NAME", "JobRun", "JobRunnerHost", "RunnerConfig"]
 
 RUNNER_HOST_NAME = "clara-runners"
+P = ParamSpec("P")
 log = logging.getLogger(__name__)
 _POLL_SECONDS = 0.2
 _OUTBOX_SECONDS = 2.0  # between deliveries of held reports
@@ -91,7 +93,7 @@ class JobRun:
         self._running_since: dict[str, float] = {}
         self._start_reports = threading.Lock()
         self._reported_starts: set[tuple[str, float]] = set()
-        self._core = CoreHandle(config.core_name, config.namespace, config.report_retry_seconds)
+        self._core = CoreClient(config.core_name, config.namespace, config.report_retry_seconds)
         self._metrics = metrics
 
     # -- called by tasks and the Core, through the host ------------------------
@@ -117,7 +119,7 @@ class JobRun:
                 return
             self._reported_starts.add((operator, started_at))
             self._report(
-                "operator_started",
+                CoreClient.operator_started,
                 self.config.job_id,
                 operator,
                 started_at=started_at,
@@ -144,7 +146,7 @@ class JobRun:
             status, reason = JobStatus.FAULTED, f"job runner failed: {type(exc).__name__}: {exc}"
         self._metrics.job_finished(cfg.pipeline, str(status), time.time() - began)
         log.info("job %s stopped: %s %s", cfg.job_id, status, reason or "")
-        self._report(FINAL_REPORT, cfg.job_id, str(status), reason)
+        self._report(CoreClient.job_stopped, cfg.job_id, str(status), reason)
         return str(status)
 
     def _run_operators(self) -> None:
@@ -268,7 +270,7 @@ class JobRun:
         duration = meta["ended_at"] - meta["started_at"]
         self._metrics.operator_finished(cfg.pipeline, op.name, str(JobStatus.HEALTHY), duration)
         self._report(
-            "operator_stopped",
+            CoreClient.operator_stopped,
             cfg.job_id,
             op.name,
             status=str(JobStatus.HEALTHY),
@@ -281,7 +283,7 @@ class JobRun:
 
     def _report_operator_stop(self, operator: str, status: JobStatus, message: str) -> None:
         self._report(
-            "operator_stopped",
+            CoreClient.operator_stopped,
             self.config.job_id,
             operator,
             status=str(status),
@@ -295,10 +297,13 @@ class JobRun:
             "running it on CPU"
         )
         log.warning("job %s: %s", self.config.job_id, warning)
-        self._report("job_warning", self.config.job_id, warning)
+        self._report(CoreClient.job_warning, self.config.job_id, warning)
 
-    def _report(self, method: str, *args: Any, **kwargs: Any) -> None:
-        """Call the Core, riding out its restarts for up to ``report_retry_seconds``.
+    def _report(
+        self, verb: Callable[Concatenate[CoreClient, P], object], *args: P.args, **kwargs: P.kwargs
+    ) -> None:
+        """Make a report (``verb``, a :class:`CoreClient` method) to the Core, riding out
+        its restarts for up to ``report_retry_seconds``.
 
         A report the Core did not take (unreachable, or failing for a reason other
         than a ClaraError, such as storage it cannot read now) is kept in the outbox,
@@ -306,22 +311,23 @@ class JobRun:
         order.  A ClaraError (the Core refused the report) is raised.
         """
         job_id = self.config.job_id
+        report = Report.of(verb)
         if self._outbox.holds(job_id):
-            self._outbox.add(job_id, method, args, kwargs)
+            self._outbox.add(job_id, report, args, kwargs)
             return
         try:
-            self._core.call(method, *args, **kwargs)
+            verb(self._core, *args, **kwargs)
         except ClaraError:
             raise
         except (RayError, ValueError) as exc:
             log.warning(
                 "job %s: the Core did not take report %s (%s: %s); kept for delivery",
                 job_id,
-                method,
+                report.value,
                 type(exc).__name__,
                 str(exc).splitlines()[0] if str(exc) else "",
             )
-            self._outbox.add(job_id, method, args, kwargs)
+            self._outbox.add(job_id, report, args, kwargs)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=64)  # type: ignore[call-overload]
@@ -339,13 +345,13 @@ class JobRunnerHost:
         self._runs: dict[str, JobRun] = {}
         self._metrics = RunnerMetrics()
         self._outbox = ReportOutbox(Path(outbox))
-        self._core = CoreHandle(core_name, namespace, _DELIVERY_RETRY_SECONDS)
+        self._core = CoreClient(core_name, namespace, _DELIVERY_RETRY_SECONDS)
         threading.Thread(target=self._deliver, name="clara-runners-outbox", daemon=True).start()
 
     def _deliver(self) -> None:
         while True:
             try:
-                self._outbox.deliver(self._core.call)
+                self._outbox.deliver(self._core)
             except Exception:  # keep delivering; a broken round must not end the thread
                 log.exception("delivering held reports failed")
             time.sleep(_OUTBOX_SECONDS)

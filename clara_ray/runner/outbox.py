@@ -20,15 +20,41 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from clara_ray.contracts.core_client import CoreClient
 from clara_ray.errors import ClaraError
 
-__all__ = ["FINAL_REPORT", "ReportOutbox"]
+__all__ = ["Report", "ReportOutbox"]
 
-FINAL_REPORT = "job_stopped"
 log = logging.getLogger(__name__)
+
+
+class Report(str, Enum):
+    """A runner's report to the Core; its value, the Core verb, is what the outbox keeps."""
+
+    OPERATOR_STARTED = "operator_started"
+    OPERATOR_STOPPED = "operator_stopped"
+    JOB_WARNING = "job_warning"
+    JOB_STOPPED = "job_stopped"  # the final report
+
+    @classmethod
+    def of(cls, verb: Callable[..., object]) -> Report:
+        """The report a :class:`CoreClient` method makes."""
+        return next(report for report, send in _SENDS.items() if send is verb)
+
+    def send(self, core: CoreClient, *args: Any, **kwargs: Any) -> None:
+        _SENDS[self](core, *args, **kwargs)
+
+
+_SENDS: dict[Report, Callable[..., object]] = {
+    Report.OPERATOR_STARTED: CoreClient.operator_started,
+    Report.OPERATOR_STOPPED: CoreClient.operator_stopped,
+    Report.JOB_WARNING: CoreClient.job_warning,
+    Report.JOB_STOPPED: CoreClient.job_stopped,
+}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reports (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, method TEXT NOT NULL,
@@ -53,11 +79,13 @@ class ReportOutbox:
     def close(self) -> None:
         self._db.close()
 
-    def add(self, job_id: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def add(
+        self, job_id: str, report: Report, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT INTO reports (job_id, method, args, kwargs, created_at) VALUES (?,?,?,?,?)",
-                (job_id, method, json.dumps(list(args)), json.dumps(kwargs), time.time()),
+                (job_id, report.value, json.dumps(list(args)), json.dumps(kwargs), time.time()),
             )
 
     def holds(self, job_id: str) -> bool:
@@ -70,12 +98,12 @@ class ReportOutbox:
         """The jobs whose final report waits for delivery."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT DISTINCT job_id FROM reports WHERE method=?", (FINAL_REPORT,)
+                "SELECT DISTINCT job_id FROM reports WHERE method=?", (Report.JOB_STOPPED.value,)
             ).fetchall()
         return {r[0] for r in rows}
 
-    def deliver(self, call: Callable[..., Any]) -> int:
-        """Deliver what is held, oldest first, through ``call(method, *args, **kwargs)``.
+    def deliver(self, core: CoreClient) -> int:
+        """Deliver what is held to ``core``, oldest first.
 
         A job's delivery stops at its first report that fails (kept, tried again
         next time); a report the Core refuses (a ClaraError: it can never be
@@ -91,7 +119,7 @@ class ReportOutbox:
             if job_id in blocked:
                 continue
             try:
-                call(method, *json.loads(args), **json.loads(kwargs))
+                Report(method).send(core, *json.loads(args), **json.loads(kwargs))
             except ClaraError as exc:
                 log.error("job %s: the Core refused the held report %s: %s", job_id, method, exc)
             except Exception as exc:  # the Core is still unreachable: keep it for next time

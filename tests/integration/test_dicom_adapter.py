@@ -77,16 +77,16 @@ def storescu(
 
 def configure(platform, pipeline: str, timeout: float = 2.0, destination=None) -> None:
     platform.create_pipeline(ROOT / "pipelines" / pipeline)
-    name = platform.call("get_pipeline", pipeline.removesuffix(".yaml")).name
+    name = platform.core.get_pipeline(pipeline.removesuffix(".yaml")).name
     if destination is not None:
-        platform.call("dicom_put", "destination", destination.model_dump())
-    platform.call(
-        "dicom_put", "aetitle", {"ae_title": "CLARA", "pipelines": [name], "timeout": timeout}
+        platform.core.dicom_put("destination", destination.model_dump())
+    platform.core.dicom_put(
+        "aetitle", {"ae_title": "CLARA", "pipelines": [name], "timeout": timeout}
     )
 
 
 def jobs_of(platform) -> list:
-    return platform.call("list_jobs")
+    return platform.core.list_jobs()
 
 
 def test_study_from_storescu_reaches_orthanc_as_seg_and_sr(
@@ -111,11 +111,11 @@ def test_study_from_storescu_reaches_orthanc_as_seg_and_sr(
     assert job.name.startswith("CLARA-ct-lung-bone-")
     described = platform.wait_job(job.job_id, timeout=300)
     assert described["status"] == "Healthy", described["reason"]
-    payload = platform.call("get_payload", described["payload_id"])
+    payload = platform.core.get_payload(described["payload_id"])
     assert payload.files == len(sop_uids)
 
     def exported() -> list:
-        exports = platform.call("list_exports", job.job_id)
+        exports = platform.core.list_exports(job.job_id)
         return exports if exports and all(e.state == "Succeeded" for e in exports) else []
 
     exports = wait_for(exported, 120, "the export to succeed")
@@ -159,7 +159,7 @@ def test_twenty_concurrent_senders_make_one_payload_and_one_job(platform, adapte
     job = wait_for(lambda: next(iter(jobs_of(platform)), None), what="the job")
     time.sleep(4)  # longer than the group timeout: a second group would have closed by now
     assert len(jobs_of(platform)) == 1
-    payload = platform.call("get_payload", job.payload_id)
+    payload = platform.core.get_payload(job.payload_id)
     assert payload.files == len(sop_uids)
 
 
@@ -186,7 +186,7 @@ def test_a_slow_sender_on_one_association_makes_one_payload_and_one_job(
     job = wait_for(lambda: next(iter(jobs_of(platform)), None), what="the job")
     time.sleep(4)  # longer than the group timeout: a second group would have closed by now
     assert len(jobs_of(platform)) == 1
-    payload = platform.call("get_payload", job.payload_id)
+    payload = platform.core.get_payload(job.payload_id)
     assert payload.files == len(sop_uids)
 
 
@@ -206,7 +206,7 @@ def test_adapter_killed_after_success_loses_nothing_and_creates_one_job(
     assert ray.get(adapter.pids.remote())[0] not in pids  # a restarted adapter made it
     described = platform.wait_job(job.job_id, timeout=300)
     assert described["status"] == "Healthy", described["reason"]
-    payload = platform.call("get_payload", job.payload_id)
+    payload = platform.core.get_payload(job.payload_id)
     assert payload.files == len(sop_uids)
     time.sleep(3)
     assert len(jobs_of(platform)) == 1
@@ -231,7 +231,7 @@ def test_export_is_retried_until_the_destination_comes_up(
     assert platform.wait_job(job.job_id, timeout=300)["status"] == "Healthy"
 
     def failed_attempt() -> list:
-        exports = platform.call("list_exports", job.job_id)
+        exports = platform.core.list_exports(job.job_id)
         retrying = exports and exports[0].attempts >= 1 and exports[0].state == "Pending"
         return exports if retrying and exports[0].reason else []
 
@@ -240,9 +240,7 @@ def test_export_is_retried_until_the_destination_comes_up(
     try:
         pacs.start()
         done = wait_for(
-            lambda: [
-                e for e in platform.call("list_exports", job.job_id) if e.state == "Succeeded"
-            ],
+            lambda: [e for e in platform.core.list_exports(job.job_id) if e.state == "Succeeded"],
             120,
             "the export to succeed after the destination came up",
         )

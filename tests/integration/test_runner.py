@@ -13,6 +13,7 @@ from textwrap import dedent
 import pytest
 import ray
 
+from clara_ray.contracts.placement import CORE_ACTOR_NAME
 from clara_ray.runner.job_runner import RUNNER_HOST_NAME
 from tests.conftest import PIPELINES, ROOT, wait_for
 
@@ -39,7 +40,7 @@ def one_operator(name: str, run: str, *, args: str = "{}", extra: str = "") -> s
 
 
 def operator(platform, job_id: str, name: str) -> dict:
-    return next(o for o in platform.call("describe_job", job_id)["operators"] if o["name"] == name)
+    return next(o for o in platform.core.describe_job(job_id)["operators"] if o["name"] == name)
 
 
 def test_diamond_runs_branches_and_passes_volumes_zero_copy(platform, payload_dir, tmp_path):
@@ -108,12 +109,12 @@ CPU_FALLBACK_SCRIPT = """
 import json, sys, ray
 from clara_ray.settings import load_settings
 from clara_ray.client import PlatformClient
-from clara_ray.core.actor import get_or_create_core
+from clara_ray.platform import get_or_create_core
 data, pipeline, payload = sys.argv[1:4]
 ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False,
          runtime_env={"env_vars": {"PYTHONPATH": sys.argv[4]}}, log_to_driver=False)
 settings = load_settings(env={"CLARA_RAY_DATA_DIR": data, "CLARA_RAY_SERVE__ENABLED": "false"})
-client = PlatformClient(settings, get_or_create_core(settings))
+client = PlatformClient.of_actor(settings, get_or_create_core(settings))
 job = client.create_job(pipeline, payload, start=True)
 print(json.dumps(client.wait_job(job.job_id, timeout=120)))
 """
@@ -196,14 +197,16 @@ def test_core_killed_mid_job_keeps_state_and_job_completes(platform, payload_dir
         lambda: operator(platform, job.job_id, "only")["state"] == "Running",
         what="operator running",
     )
-    before = platform.call("list_pipelines")
-    ray.kill(platform.core, no_restart=False)
+    before = platform.core.list_pipelines()
+    ray.kill(
+        ray.get_actor(CORE_ACTOR_NAME, namespace=platform.settings.ray.namespace), no_restart=False
+    )
     described = platform.wait_job(job.job_id, timeout=120)
     assert (described["state"], described["status"]) == ("Stopped", "Healthy"), described
     assert described["metadata"] == {"ward": "icu"}
     assert described["operators"][0]["status"] == "Healthy"
-    assert [p.name for p in platform.call("list_pipelines")] == [p.name for p in before]
-    assert [j.job_id for j in platform.call("list_jobs")] == [job.job_id]
+    assert [p.name for p in platform.core.list_pipelines()] == [p.name for p in before]
+    assert [j.job_id for j in platform.core.list_jobs()] == [job.job_id]
 
 
 def test_runner_host_killed_mid_job_faults_it_with_the_reason_and_serves_on(
@@ -234,7 +237,7 @@ def test_cancel_stops_the_running_task(platform, payload_dir, tmp_path):
     )
     job = platform.create_job(str(path), str(payload_dir), start=True)
     pid = int(wait_for(lambda: marker.exists() and marker.read_text(), what="operator pid"))
-    canceled = platform.call("cancel_job", job.job_id)
+    canceled = platform.core.cancel_job(job.job_id)
     assert (str(canceled.state), str(canceled.status)) == ("Stopped", "Canceled")
 
     def gone() -> bool:
@@ -245,7 +248,7 @@ def test_cancel_stops_the_running_task(platform, payload_dir, tmp_path):
         return False
 
     wait_for(gone, timeout=30, what="the operator's worker to be killed")
-    described = platform.call("describe_job", job.job_id)
+    described = platform.core.describe_job(job.job_id)
     assert described["operators"][0]["status"] == "Canceled"
     assert not Path(str(marker) + ".done").exists()
 

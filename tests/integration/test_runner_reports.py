@@ -12,8 +12,9 @@ import ray
 
 from clara_ray.client import PlatformClient
 from clara_ray.context import OperatorContext
-from clara_ray.core.actor import get_or_create_core
+from clara_ray.contracts.placement import CORE_ACTOR_NAME
 from clara_ray.export_manifest import MANIFEST_NAME, ExportManifest
+from clara_ray.platform import get_or_create_core
 from clara_ray.runner.job_runner import RUNNER_HOST_NAME
 from clara_ray.storage import PayloadView
 from tests.conftest import make_settings, wait_for
@@ -51,8 +52,7 @@ def test_job_ending_while_its_core_is_unreachable_ends_healthy_with_its_exports(
     platform, payload_dir, tmp_path
 ):
     settings = platform.settings
-    platform.call(
-        "dicom_put",
+    platform.core.dicom_put(
         "destination",
         {"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242},
     )
@@ -60,21 +60,25 @@ def test_job_ending_while_its_core_is_unreachable_ends_healthy_with_its_exports(
     path.write_text(dedent(PIPELINE))
     job = platform.create_job(str(path), str(payload_dir), start=True)
     wait_for(
-        lambda: platform.call("describe_job", job.job_id)["operators"][0]["state"] == "Running",
+        lambda: platform.core.describe_job(job.job_id)["operators"][0]["state"] == "Running",
         what="the operator to run",
     )
-    ray.kill(platform.core, no_restart=True)  # gone for longer than the runner retries
+    ray.kill(
+        ray.get_actor(CORE_ACTOR_NAME, namespace=platform.settings.ray.namespace), no_restart=True
+    )  # gone for longer than the runner retries
     host = ray.get_actor(RUNNER_HOST_NAME, namespace=settings.ray.namespace)
     wait_for(
         lambda: ray.get(host.pending_reports.remote()) == [job.job_id],
         what="the runner to keep its final report",
     )
     assert ray.get(host.jobs.remote()) == [job.job_id]  # its run has ended; the host answers for it
-    back = PlatformClient(settings, get_or_create_core(settings))  # recovers, then takes the report
+    back = PlatformClient.of_actor(
+        settings, get_or_create_core(settings)
+    )  # recovers, then takes the report
     described = back.wait_job(job.job_id, timeout=60)
     assert (described["state"], described["status"]) == ("Stopped", "Healthy"), described
     assert described["operators"][0]["status"] == "Healthy"
-    exports = back.call("list_exports", job.job_id)
+    exports = back.core.list_exports(job.job_id)
     assert [(e.destination, str(e.state), e.files) for e in exports] == [
         ("PACS", "Pending", ["only/seg.dcm"])
     ]

@@ -17,8 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from clara_ray.contracts.core_client import CoreClient
+from clara_ray.contracts.records import ExportRecord
 from clara_ray.core import CoreService, SQLiteStore
-from clara_ray.core.exports import ExportRecord
 from clara_ray.dicom.config import DestinationConfig
 from clara_ray.export_manifest import result_path
 from clara_ray.storage import Storage
@@ -27,16 +28,17 @@ from tests.launchers import NoRunners
 __all__ = ["Bench", "black_hole"]
 
 
-class Bench:
-    """A Core and storage under ``root``; ``call`` is ``CoreHandle.call`` in-process."""
+class Bench(CoreClient):
+    """A Core and storage under ``root``, called as a :class:`CoreClient` in-process."""
 
     def __init__(self, root: Path) -> None:
+        super().__init__("in-process", "bench")
         self.storage = Storage(str(root / "storage"))
         self.store = SQLiteStore(root / "state" / "clara.db")
         self.core = CoreService(self.store, self.storage, NoRunners())
         self._lock = threading.Lock()
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
             return getattr(self.core, method)(*args, **kwargs)
 
@@ -44,7 +46,7 @@ class Bench:
         self.store.close()
 
     def add_destination(self, destination: DestinationConfig) -> None:
-        self.call("dicom_put", "destination", destination.model_dump())
+        self.dicom_put("destination", destination.model_dump())
 
     def add_export(self, export_id: str, destination: str, files: list[Path]) -> None:
         """Results of job ``job-<export_id>`` (copies of ``files``) to send to ``destination``."""
@@ -69,7 +71,7 @@ class Bench:
         )
 
     def state(self, export_id: str) -> str:
-        return str(self.call("get_export", export_id).state)
+        return str(self.get_export(export_id).state)
 
 
 @contextmanager

@@ -69,5 +69,5 @@ def test_a_black_holed_pacs_does_not_delay_exports_to_a_working_one(
     # the black hole is gone: its send ends (aborted, then refused) and is retried later
     _wait(lambda: not exports.in_flight(), 15, "the send to MUTE to end")
     runner.join(5)
-    rec = bench.call("get_export", "to-mute")
+    rec = bench.get_export("to-mute")
     assert rec.state == "Pending" and "destination 'MUTE'" in (rec.reason or "")

@@ -98,7 +98,7 @@ def test_tls_export_trusts_the_system_ca_store(
 
     state = _export(bench, tls_pacs, files, TlsSettings())
 
-    rec = bench.call("get_export", "secure")
+    rec = bench.get_export("secure")
     assert state == "Succeeded", rec.reason
     assert rec.sent == 3
     assert tls_pacs.sop_instance_uids() == {read_entry(f).sop_instance for f in files}
@@ -119,7 +119,7 @@ def test_tls_export_to_a_peer_outside_the_trusted_store_fails_saying_why(
 
     state = _export(bench, tls_pacs, files, TlsSettings())
 
-    rec = bench.call("get_export", "secure")
+    rec = bench.get_export("secure")
     assert state == "Failed"
     assert f"destination 'SECURE' (AE 'ORTHANC' at 127.0.0.1:{tls_pacs.dicom_port})" in rec.reason
     assert "TLS handshake failed: the peer's certificate is not trusted" in rec.reason

@@ -13,7 +13,7 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from clara_ray.inference.clients import make_client
-from clara_ray.inference.protocol import InvalidRequestError, UnknownModelError
+from clara_ray.inference.errors import InvalidRequestError, UnknownModelError
 from clara_ray.inference.repository import ModelRepository
 from clara_ray.inference.torchscript import TorchScriptModel
 from clara_ray.pipeline.spec import ServiceSpec
@@ -33,7 +33,8 @@ def serve_url(ray_session: None, triton: TritonServer) -> Iterator[str]:
     deployment forwards to the Triton server (the TritonBackend option)."""
     from ray import serve
 
-    from serve.inference import InferenceAppArgs, build_app
+    from serve.inference import build_app
+    from serve.inference_args import InferenceAppArgs
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -188,7 +189,7 @@ def test_ai_pipeline_gives_identical_segmentations_through_serve_and_triton(
         try:
             described = platform.wait_job(job.job_id, timeout=150)
         except TimeoutError:
-            raise AssertionError(str(platform.call("describe_job", job.job_id))) from None
+            raise AssertionError(str(platform.core.describe_job(job.job_id))) from None
         assert described["status"] == "Healthy", described["reason"]
         log = platform.logs(job.job_id, "liver")["liver"]
         assert "service 'liver-seg'" in log  # the model ran in the service, not in the task

@@ -14,18 +14,19 @@ from typing import Any
 import pytest
 
 from clara_ray.client import PlatformClient
-from clara_ray.core import (
-    CoreService,
+from clara_ray.contracts.core_client import CoreClient
+from clara_ray.contracts.launcher import LaunchUnconfirmed
+from clara_ray.contracts.records import (
+    ExportState,
     JobPriority,
     JobRecord,
     JobState,
     JobStatus,
     OperatorRecord,
-    SQLiteStore,
+    PayloadRecord,
+    PipelineRecord,
 )
-from clara_ray.core.exports import ExportState
-from clara_ray.core.model import PayloadRecord, PipelineRecord
-from clara_ray.core.service import LaunchUnconfirmed
+from clara_ray.core import CoreService, SQLiteStore
 from clara_ray.errors import ConflictError, NotFoundError, PipelineValidationError
 from clara_ray.export_manifest import MANIFEST_NAME, ExportManifest
 from clara_ray.settings import load_settings
@@ -1018,22 +1019,23 @@ def test_wait_job_polls_without_listing_results(
     env.storage.results("j1", "join").write_json("combined.json", {"total": 1})
     listing = CountingListing(env.storage)
     monkeypatch.setattr(env.storage, "list_results", listing)
-    client = PlatformClient(
-        load_settings(env={"CLARA_RAY_DATA_DIR": str(tmp_path / "client")}), core=None
-    )
     polls: list[str] = []
     by_the_stop = 0  # the Healthy stop reads the results for their exports
 
-    def call(method: str, *args: Any, **kwargs: Any) -> Any:
-        nonlocal by_the_stop
-        polls.append(method)
-        if len(polls) == 10:
-            before = listing.calls
-            core.job_stopped("j1", "Healthy")
-            by_the_stop = listing.calls - before
-        return getattr(core, method)(*args, **kwargs)
+    class PollingCore(CoreClient):
+        def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+            nonlocal by_the_stop
+            polls.append(method)
+            if len(polls) == 10:
+                before = listing.calls
+                core.job_stopped("j1", "Healthy")
+                by_the_stop = listing.calls - before
+            return getattr(core, method)(*args, **kwargs)
 
-    monkeypatch.setattr(client, "call", call)
+    client = PlatformClient(
+        load_settings(env={"CLARA_RAY_DATA_DIR": str(tmp_path / "client")}),
+        PollingCore("in-process", "test"),
+    )
     described = client.wait_job("j1", timeout=30, poll=0.001)
     assert described["status"] == "Healthy"
     assert [r["path"] for r in described["results"]] == ["join/combined.json"]

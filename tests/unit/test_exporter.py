@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clara_ray.core.exports import ExportRecord
+from clara_ray.contracts.records import ExportRecord
 from clara_ray.dicom.config import DestinationConfig, DicomSettings, TlsSettings
 from clara_ray.dicom.exporter import run_export
 from clara_ray.dicom.tls import ClientTls

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from clara_ray.core import JobRecord, JobState, JobStatus, OperatorRecord, SQLiteStore
-from clara_ray.core.exports import ExportRecord
+from clara_ray.contracts.records import ExportRecord, JobRecord, JobState, JobStatus, OperatorRecord
+from clara_ray.core import SQLiteStore
 
 
 @pytest.fixture

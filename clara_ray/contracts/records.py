@@ -1,4 +1,7 @@
-"""Job, payload and pipeline records, and the coded values of their lifecycle (as in Clara)."""
+"""Job, payload, pipeline and export records, and the coded values of their lifecycle (as in Clara).
+
+The Core stores them and returns them from its verbs; callers of the Core read them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from enum import Enum
 from typing import Any
 
 __all__ = [
+    "ExportRecord",
+    "ExportState",
     "JobPriority",
     "JobRecord",
     "JobState",
@@ -154,3 +159,31 @@ class JobRecord:
         if not with_definition:
             out.pop("definition")
         return out
+
+
+class ExportState(_CodedValue):
+    PENDING = "Pending"
+    IN_PROGRESS = "InProgress"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclass
+class ExportRecord:
+    export_id: str
+    job_id: str
+    operator: str
+    destination: str
+    files: list[str]
+    state: ExportState = ExportState.PENDING
+    attempts: int = 0
+    reason: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    next_attempt_at: float = 0.0
+    lease_until: float | None = None
+    sent: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)

@@ -1,0 +1,19 @@
+"""Where the platform's named actors live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+__all__ = ["CORE_ACTOR_NAME", "on_head_node"]
+
+CORE_ACTOR_NAME = "clara-core"
+
+
+def on_head_node() -> dict[str, Any]:
+    """Actor options that place it on the head node (where the state database, the DICOM
+    spool and the DICOM port live); empty where Ray has no head-node resource."""
+    if "node:__internal_head__" in ray.cluster_resources():
+        return {"resources": {"node:__internal_head__": 0.001}}
+    return {}
