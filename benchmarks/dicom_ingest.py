@@ -188,9 +188,9 @@ class _Adapter:
         import ray
 
         from clara_ray.client import PlatformClient
+        from clara_ray.config.settings import load_settings
         from clara_ray.dicom.actors import get_or_create_adapter
         from clara_ray.platform import get_or_create_core
-        from clara_ray.settings import load_settings
 
         self.settings = load_settings(
             env={

@@ -57,8 +57,8 @@ def _platform_runs(repeats: int) -> list[float]:
     import ray
 
     from clara_ray.client import PlatformClient
+    from clara_ray.config.settings import load_settings
     from clara_ray.platform import get_or_create_core
-    from clara_ray.settings import load_settings
 
     with tempfile.TemporaryDirectory() as tmp:
         ray.init(

@@ -72,8 +72,8 @@ def _pipelines(study: Path, data: Path, repeats: int) -> dict[str, Any]:
     import ray
 
     from clara_ray.client import PlatformClient
+    from clara_ray.config.settings import load_settings
     from clara_ray.platform import get_or_create_core
-    from clara_ray.settings import load_settings
 
     ray.init(
         address="local",

@@ -15,12 +15,12 @@ from typing import Any
 import ray
 from ray.exceptions import RayTaskError
 
+from clara_ray.config.settings import Settings
 from clara_ray.contracts.core_client import CoreClient
 from clara_ray.contracts.placement import CORE_ACTOR_NAME
 from clara_ray.contracts.records import JobRecord, JobState, PayloadRecord, PipelineRecord
 from clara_ray.errors import ClaraError, NotFoundError, PlatformNotRunningError
 from clara_ray.pipeline import load_pipeline
-from clara_ray.settings import Settings
 from clara_ray.storage import FileEntry, Storage
 
 __all__ = ["PlatformClient", "call_actor"]

@@ -24,8 +24,8 @@ from typing import Any
 
 import psutil
 
+from clara_ray.config.settings import Settings
 from clara_ray.errors import ClaraError
-from clara_ray.settings import Settings
 
 __all__ = ["head_info", "recorded_head", "start_head", "stop_head"]
 

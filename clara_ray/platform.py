@@ -18,11 +18,11 @@ import yaml
 
 from clara_ray import auth_token, local_head
 from clara_ray.client import PlatformClient
+from clara_ray.config.settings import Settings
 from clara_ray.contracts.placement import CORE_ACTOR_NAME
 from clara_ray.core.actor import create_core
 from clara_ray.errors import ClaraError, NotFoundError, PlatformNotRunningError
 from clara_ray.runner.launcher import RayRunnerLauncher
-from clara_ray.settings import Settings
 
 __all__ = [
     "connect",

@@ -23,9 +23,9 @@ import ray
 
 from clara_ray.cli.output import job_text
 from clara_ray.client import PlatformClient
+from clara_ray.config.settings import load_settings
 from clara_ray.errors import ClaraError
 from clara_ray.platform import connect, get_or_create_core
-from clara_ray.settings import load_settings
 
 
 def _client(config: str | None) -> PlatformClient:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from clara_ray.settings import Settings
+from clara_ray.config.settings import Settings
 
 __all__ = ["API_APP_NAME", "INFERENCE_APP_NAME", "deploy_api", "serve_status"]
 

@@ -24,11 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import RayTaskError
 
+from clara_ray.config.settings import Settings
 from clara_ray.contracts.core_client import CoreClient
 from clara_ray.contracts.placement import CORE_ACTOR_NAME
 from clara_ray.errors import ClaraError, ConflictError, NotFoundError
 from clara_ray.phi import keep_patient_data_out_of_logs
-from clara_ray.settings import Settings
 from clara_ray.storage import Storage
 
 P = ParamSpec("P")
@@ -137,7 +137,7 @@ class ApiArgs(BaseModel):
 
 
 def build_app(args: ApiArgs | dict[str, Any]) -> serve.Application:
-    from clara_ray.settings import load_settings
+    from clara_ray.config.settings import load_settings
 
     parsed = args if isinstance(args, ApiArgs) else ApiArgs.model_validate(args)
     settings = Settings.model_validate(parsed.settings) if parsed.settings else load_settings()

@@ -89,7 +89,7 @@ def ray_session() -> Iterator[None]:
 
 def make_settings(tmp_path: Path, **env: str):
     """Settings with their own data dir and namespace, Serve off; ``env`` adds overrides."""
-    from clara_ray.settings import load_settings
+    from clara_ray.config.settings import load_settings
 
     return load_settings(
         env={

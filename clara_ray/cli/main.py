@@ -21,8 +21,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 from clara_ray.cli import commands, dicom_commands
 from clara_ray.cli.output import EXIT_ERROR, EXIT_NOT_RUNNING
+from clara_ray.config.settings import load_settings
 from clara_ray.errors import ClaraError, PlatformNotRunningError
-from clara_ray.settings import load_settings
 
 __all__ = ["build_parser", "main"]
 

@@ -23,7 +23,7 @@ from clara_ray.contracts.records import (
 from clara_ray.errors import ClaraError
 
 if TYPE_CHECKING:
-    from clara_ray.dicom.config import DicomConfig
+    from clara_ray.config.dicom import DicomConfig
 
 __all__ = ["CoreClient"]
 

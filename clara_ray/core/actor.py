@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
+from clara_ray.config.settings import Settings
 from clara_ray.contracts.launcher import RunnerLauncher
 from clara_ray.contracts.placement import CORE_ACTOR_NAME, on_head_node
 from clara_ray.contracts.records import (
@@ -25,11 +26,10 @@ from clara_ray.contracts.records import (
 from clara_ray.core.service import CoreService
 from clara_ray.core.store import SQLiteStore
 from clara_ray.phi import keep_patient_data_out_of_logs
-from clara_ray.settings import Settings
 from clara_ray.storage import Storage
 
 if TYPE_CHECKING:
-    from clara_ray.dicom.config import DicomConfig
+    from clara_ray.config.dicom import DicomConfig
 
 __all__ = ["CoreActor", "LauncherFactory", "create_core"]
 

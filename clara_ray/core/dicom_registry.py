@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from clara_ray.dicom.config import (
+from clara_ray.config.dicom import (
     AeTitleConfig,
     DestinationConfig,
     DicomConfig,

@@ -21,10 +21,11 @@ from typing import Any
 
 import ray
 
+from clara_ray.config.dicom import DicomConfig
+from clara_ray.config.settings import Settings
 from clara_ray.contracts.core_client import CoreClient
 from clara_ray.contracts.placement import CORE_ACTOR_NAME, on_head_node
 from clara_ray.dicom.balance import ConnectionBalancer, balancing_supported
-from clara_ray.dicom.config import DicomConfig
 from clara_ray.dicom.export_workers import core_exports
 from clara_ray.dicom.ingest import GroupCloser
 from clara_ray.dicom.scp import StorageScp
@@ -33,7 +34,6 @@ from clara_ray.dicom.spool import Spool
 from clara_ray.dicom.tls import ClientTls, server_ssl_context
 from clara_ray.errors import NotFoundError
 from clara_ray.phi import keep_patient_data_out_of_logs
-from clara_ray.settings import Settings
 from clara_ray.storage import Storage
 
 __all__ = ["ADAPTER_NAME", "DicomAdapter", "DicomReceiver", "get_or_create_adapter"]

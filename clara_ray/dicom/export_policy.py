@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from clara_ray.dicom.config import ExportSettings
+from clara_ray.config.dicom import ExportSettings
 from clara_ray.dicom.scu import (
     REASON_ABORTED,
     REASON_TIMEOUT,

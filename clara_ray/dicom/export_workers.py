@@ -36,8 +36,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from clara_ray.config.dicom import DicomSettings, ExportSettings
 from clara_ray.contracts.records import ExportRecord
-from clara_ray.dicom.config import DicomSettings, ExportSettings
 from clara_ray.dicom.exporter import run_export
 from clara_ray.storage import Storage
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from clara_ray.dicom.config import DestinationConfig, DicomSettings
+from clara_ray.config.dicom import DestinationConfig, DicomSettings
 from clara_ray.dicom.export_policy import classify, next_delay, should_retry
 from clara_ray.dicom.scu import DicomSendError, describe_status, overrun_seconds, send_files
 from clara_ray.errors import ConfigError

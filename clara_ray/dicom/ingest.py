@@ -20,8 +20,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from clara_ray.config.dicom import AeTitleConfig, DicomConfig
 from clara_ray.contracts.records import JobRecord, PayloadRecord
-from clara_ray.dicom.config import AeTitleConfig, DicomConfig
 from clara_ray.dicom.spool import ClosingGroup, Spool
 from clara_ray.errors import ClaraError
 from clara_ray.storage import Storage

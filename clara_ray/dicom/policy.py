@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeAlias
 
-from clara_ray.dicom.config import DicomConfig, DicomSettings
+from clara_ray.config.dicom import DicomConfig, DicomSettings
 
 __all__ = [
     "AssociationDecision",

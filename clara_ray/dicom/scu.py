@@ -61,7 +61,7 @@ from pynetdicom.status import (
     code_to_category,
 )
 
-from clara_ray.dicom.config import DestinationConfig, TlsSettings
+from clara_ray.config.dicom import DestinationConfig, TlsSettings
 from clara_ray.errors import ClaraError
 
 __all__ = [

@@ -18,7 +18,7 @@ import socket
 import threading
 from collections.abc import Callable, Mapping
 
-from clara_ray.dicom.config import DicomConfig, normal_address
+from clara_ray.config.dicom import DicomConfig, normal_address
 
 __all__ = ["REFRESH_SECONDS", "SourceAddresses", "resolve"]
 

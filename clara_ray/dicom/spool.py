@@ -61,7 +61,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from clara_ray.dicom.config import check_ae_title
+from clara_ray.config.dicom import check_ae_title
 
 __all__ = ["ClosingGroup", "GroupHolds", "OpenGroup", "Spool", "TempFile"]
 

@@ -6,7 +6,7 @@ import ssl
 import threading
 from pathlib import Path
 
-from clara_ray.dicom.config import TlsSettings
+from clara_ray.config.dicom import TlsSettings
 from clara_ray.errors import ConfigError
 
 __all__ = ["ClientTls", "client_ssl_context", "server_ssl_context"]

@@ -8,11 +8,11 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
+from clara_ray.config.settings import Settings
 from clara_ray.contracts.launcher import LaunchUnconfirmed
 from clara_ray.contracts.placement import CORE_ACTOR_NAME, on_head_node
 from clara_ray.contracts.records import JobRecord
 from clara_ray.runner.job_runner import RUNNER_HOST_NAME, JobRunnerHost, RunnerConfig
-from clara_ray.settings import Settings
 
 __all__ = ["RayRunnerLauncher"]
 

@@ -218,7 +218,7 @@ def test_export_is_retried_until_the_destination_comes_up(
     folder, _ = study
     port = free_port()
     pacs = OrthancServer(tmp_path / "late-orthanc", config={"DicomPort": port})
-    from clara_ray.dicom.config import DestinationConfig
+    from clara_ray.config.dicom import DestinationConfig
 
     configure(
         platform,

@@ -107,7 +107,7 @@ def test_fractional_gpu_request_gets_a_gpu_id(platform, payload_dir, tmp_path):
 
 CPU_FALLBACK_SCRIPT = """
 import json, sys, ray
-from clara_ray.settings import load_settings
+from clara_ray.config.settings import load_settings
 from clara_ray.client import PlatformClient
 from clara_ray.platform import get_or_create_core
 data, pipeline, payload = sys.argv[1:4]

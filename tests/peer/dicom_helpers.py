@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from pynetdicom import AE, evt
 
-from clara_ray.dicom.config import (
+from clara_ray.config.dicom import (
     AeTitleConfig,
     DicomConfig,
     DicomSettings,

@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from clara_ray.config.dicom import DestinationConfig
 from clara_ray.contracts.core_client import CoreClient
 from clara_ray.contracts.records import ExportRecord
 from clara_ray.core import CoreService, SQLiteStore
-from clara_ray.dicom.config import DestinationConfig
 from clara_ray.export_manifest import result_path
 from clara_ray.storage import Storage
 from tests.launchers import NoRunners

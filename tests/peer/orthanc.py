@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from clara_ray.dicom.config import DestinationConfig
+from clara_ray.config.dicom import DestinationConfig
 
 __all__ = ["ORTHANC", "OrthancError", "OrthancServer", "orthanc_fixture"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clara_ray.dicom.config import DestinationConfig, DicomSettings, TlsSettings
+from clara_ray.config.dicom import DestinationConfig, DicomSettings, TlsSettings
 from clara_ray.dicom.export_workers import core_exports
 from clara_ray.dicom.scu import read_entry
 from clara_ray.dicom.tls import ClientTls

@@ -25,8 +25,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 
+from clara_ray.config.dicom import AeTitleConfig
 from clara_ray.dicom import spool as spool_module
-from clara_ray.dicom.config import AeTitleConfig
 from clara_ray.dicom.spool import Spool
 from clara_ray.dicom.tls import client_ssl_context, server_ssl_context
 from clara_ray.errors import ConfigError

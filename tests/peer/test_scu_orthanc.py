@@ -21,7 +21,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 
-from clara_ray.dicom.config import DestinationConfig
+from clara_ray.config.dicom import DestinationConfig
 from clara_ray.dicom.export_policy import classify
 from clara_ray.dicom.scu import DicomSendError, echo, read_entry, send_files
 from clara_ray.sample import generate_phantom, write_ct_series

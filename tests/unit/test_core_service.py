@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from clara_ray.client import PlatformClient
+from clara_ray.config.settings import load_settings
 from clara_ray.contracts.core_client import CoreClient
 from clara_ray.contracts.launcher import LaunchUnconfirmed
 from clara_ray.contracts.records import (
@@ -29,7 +30,6 @@ from clara_ray.contracts.records import (
 from clara_ray.core import CoreService, SQLiteStore
 from clara_ray.errors import ConflictError, NotFoundError, PipelineValidationError
 from clara_ray.export_manifest import MANIFEST_NAME, ExportManifest
-from clara_ray.settings import load_settings
 from clara_ray.storage import FileEntry, Storage
 
 DIAMOND = (Path(__file__).resolve().parent.parent / "pipelines" / "diamond.yaml").read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clara_ray.dicom.config import AeTitleConfig, DicomConfig, DicomSettings, SourceConfig
+from clara_ray.config.dicom import AeTitleConfig, DicomConfig, DicomSettings, SourceConfig
 from clara_ray.dicom.policy import Rejection, StoreStatus, decide
 
 MiB = 1024 * 1024

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from clara_ray.dicom.config import AeTitleConfig, DicomConfig, DicomSettings, SourceConfig
+from clara_ray.config.dicom import AeTitleConfig, DicomConfig, DicomSettings, SourceConfig
 from clara_ray.dicom.policy import decide
 from clara_ray.dicom.sources import SourceAddresses
 

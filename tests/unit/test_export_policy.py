@@ -13,7 +13,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from clara_ray.dicom.config import DestinationConfig, ExportSettings
+from clara_ray.config.dicom import DestinationConfig, ExportSettings
 from clara_ray.dicom.export_policy import classify, classify_status, next_delay, should_retry
 from clara_ray.dicom.scu import (
     MAX_CONTEXTS,

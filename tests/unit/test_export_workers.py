@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from clara_ray.config.dicom import ExportSettings
 from clara_ray.contracts.records import ExportRecord, ExportState
 from clara_ray.core import CoreService, SQLiteStore
-from clara_ray.dicom.config import ExportSettings
 from clara_ray.dicom.export_workers import ExportScheduler
 from clara_ray.storage import Storage
 from tests.launchers import NoRunners

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from clara_ray.config.dicom import DestinationConfig, DicomSettings, TlsSettings
 from clara_ray.contracts.records import ExportRecord
-from clara_ray.dicom.config import DestinationConfig, DicomSettings, TlsSettings
 from clara_ray.dicom.exporter import run_export
 from clara_ray.dicom.tls import ClientTls
 from clara_ray.export_manifest import result_path

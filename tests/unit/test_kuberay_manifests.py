@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from clara_ray.settings import load_settings
+from clara_ray.config.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"

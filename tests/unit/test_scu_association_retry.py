@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from clara_ray.dicom.config import DestinationConfig
+from clara_ray.config.dicom import DestinationConfig
 from clara_ray.dicom.scu import DicomSendError, echo
 
 REJECT_CALLED_AE = bytes([0x03, 0, 0, 0, 0, 4, 0, 0x01, 0x01, 0x07])

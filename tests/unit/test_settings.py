@@ -1,4 +1,4 @@
-"""Tests of clara_ray.settings: YAML file, CLARA_RAY_* environment overrides, clear errors."""
+"""Tests of clara_ray.config.settings: YAML file, CLARA_RAY_* environment overrides, clear errors."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from clara_ray.config.settings import Settings, load_settings
 from clara_ray.errors import ClaraError, ConfigError
-from clara_ray.settings import Settings, load_settings
 
 
 def write(tmp_path: Path, text: str, name: str = "clara.yaml") -> Path:

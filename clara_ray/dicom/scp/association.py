@@ -14,7 +14,7 @@ from pynetdicom import AE
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 
-from clara_ray.dicom.config import AeTitleConfig
+from clara_ray.config.dicom import AeTitleConfig
 from clara_ray.dicom.policy import Rejection
 from clara_ray.dicom.spool import GroupHolds
 

@@ -19,7 +19,7 @@ from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 
-from clara_ray.dicom.config import AeTitleConfig, DicomSettings
+from clara_ray.config.dicom import AeTitleConfig, DicomSettings
 from clara_ray.dicom.part10 import file_preamble_and_meta, printable
 from clara_ray.dicom.peek import DatasetTooLargeError, MalformedDatasetError, peek
 from clara_ray.dicom.policy import StoreStatus

@@ -25,8 +25,8 @@ from pynetdicom._handlers import (
     standard_pdu_sent_handler,
 )
 
+from clara_ray.config.dicom import DicomConfig, DicomSettings
 from clara_ray.dicom.balance import ConnectionBalancer
-from clara_ray.dicom.config import DicomConfig, DicomSettings
 from clara_ray.dicom.policy import Rejection, decide
 from clara_ray.dicom.receive import StreamedDataset
 from clara_ray.dicom.scp.association import ScpAssociation

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from clara_ray.dicom.config import DicomSettings
+from clara_ray.config.dicom import DicomSettings
 from clara_ray.errors import ConfigError
 
 __all__ = [
