@@ -34,14 +34,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
 from clara_ray.config.dicom import DicomSettings, ExportSettings
-from clara_ray.contracts.records import ExportRecord
+from clara_ray.contracts.core_client import CoreClient
 from clara_ray.dicom.exporter import run_export
 from clara_ray.storage import Storage
 
-__all__ = ["Claim", "Claimed", "CoreCaller", "ExportScheduler", "Finish", "Send", "core_exports"]
+__all__ = ["Claim", "Claimed", "ExportScheduler", "Finish", "Send", "core_exports"]
 
 log = logging.getLogger(__name__)
 
@@ -172,31 +172,8 @@ class ExportScheduler:
         self._pool.shutdown(wait=False)
 
 
-class CoreCaller(Protocol):
-    """What :func:`core_exports` needs of the Core (a
-    :class:`~clara_ray.contracts.core_client.CoreClient`)."""
-
-    def claim_export(
-        self,
-        worker: str,
-        lease_seconds: float = 120.0,
-        claim_id: str | None = None,
-        destination: str | None = None,
-    ) -> dict[str, Any] | None: ...
-
-    def export_finished(
-        self,
-        export_id: str,
-        *,
-        ok: bool,
-        reason: str | None = None,
-        retry_in: float | None = None,
-        sent: int = 0,
-    ) -> ExportRecord: ...
-
-
 def core_exports(
-    core: CoreCaller,
+    core: CoreClient,
     storage: Storage,
     settings: DicomSettings,
     client_tls: Callable[[], ssl.SSLContext],

@@ -17,48 +17,18 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any, Protocol
 
 from clara_ray.config.dicom import AeTitleConfig, DicomConfig
-from clara_ray.contracts.records import JobRecord, PayloadRecord
+from clara_ray.contracts.core_client import CoreClient
 from clara_ray.dicom.spool import ClosingGroup, Spool
 from clara_ray.errors import ClaraError
 from clara_ray.storage import Storage
 
-__all__ = ["CoreCalls", "GroupCloser", "job_id_for", "payload_id_for"]
+__all__ = ["GroupCloser", "job_id_for", "payload_id_for"]
 
 log = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("0b7c2a52-7c1e-4b0e-8a55-5bd0c3f0b8e1")
 _DEFAULT_TIMEOUT = 5.0
-
-
-class CoreCalls(Protocol):
-    """What ingesting needs of the Core (a :class:`~clara_ray.contracts.core_client.CoreClient`)."""
-
-    def register_payload(
-        self,
-        payload_id: str,
-        *,
-        name: str | None = None,
-        source: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> PayloadRecord: ...
-
-    def create_job(
-        self,
-        job_id: str,
-        pipeline: str,
-        payload: str,
-        *,
-        name: str | None = None,
-        priority: str = "normal",
-        parameters: Mapping[str, Any] | None = None,
-        metadata: Mapping[str, str] | None = None,
-        runtime_env: Mapping[str, Any] | None = None,
-    ) -> JobRecord: ...
-
-    def start_job(self, job_id: str) -> JobRecord: ...
 
 
 def payload_id_for(closing: ClosingGroup) -> str:
@@ -70,7 +40,7 @@ def job_id_for(payload_id: str, pipeline: str) -> str:
 
 
 class GroupCloser:
-    def __init__(self, spool: Spool, storage: Storage, core: CoreCalls) -> None:
+    def __init__(self, spool: Spool, storage: Storage, core: CoreClient) -> None:
         self.spool = spool
         self.storage = storage
         self.core = core

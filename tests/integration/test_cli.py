@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,6 +248,17 @@ def test_dicom_configuration_and_echo(cli):
     cli("dicom", "delete", "source", "MODALITY", "--host", "127.0.0.1")
     assert [s["ae_title"] for s in cli.json("dicom", "list", "sources")] == ["CLARA"]
     assert cli.json("list", "exports") == []
+    unknown_export = cli("dicom", "resend", "no-such-export", "--json", check=False)
+    assert unknown_export.returncode == 1
+    assert "export 'no-such-export' does not exist" in unknown_export.stderr
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{cli.env['CLARA_RAY_SERVE__PORT']}/api/v1/exports/no-such-export/resend",
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=30)
+    assert answer.value.code == 404
+    assert "does not exist" in json.loads(answer.value.read())["detail"]
 
 
 def _ray_job_submit(cli, working_dir: Path, *entrypoint: str) -> subprocess.CompletedProcess:
