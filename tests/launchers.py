@@ -1,8 +1,22 @@
-"""Runner launchers for Cores that are built in a test without Ray."""
+"""Cores built in a test without Ray: their runner launchers, and their verbs by name."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from clara_ray.core import CoreService
+
+
+def core_verb(core: CoreService, name: str) -> Callable[..., Any]:
+    """The Core verb ``name`` of an in-process Core, as the Core actor serves it: the
+    service's own, its export ledger's or its DICOM registry's."""
+    if not name.startswith("_"):
+        for owner in (core, core.exports, core.dicom):
+            verb = getattr(owner, name, None)
+            if callable(verb):
+                return verb
+    raise AttributeError(f"the Core has no verb {name!r}")
 
 
 class NoRunners:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Self
 
 __all__ = [
     "ExportRecord",
@@ -34,7 +34,7 @@ class _CodedValue(str, Enum):
         return None
 
     @classmethod
-    def parse(cls, value: str, what: str) -> _CodedValue:
+    def parse(cls, value: str, what: str) -> Self:
         try:
             return cls(value)
         except ValueError:

@@ -52,7 +52,7 @@ class CoreActor:
             launcher_factory(settings),
             max_concurrent_jobs=settings.core.max_concurrent_jobs,
         )
-        self.service.dicom_seed(settings.dicom)
+        self.service.dicom.dicom_seed(settings.dicom)
         self.service.recover()
         self._stop = threading.Event()
         threading.Thread(
@@ -222,15 +222,15 @@ class CoreActor:
 
     def dicom_put(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         with self.service._lock:
-            return self.service.dicom_put(kind, data)
+            return self.service.dicom.dicom_put(kind, data)
 
     def dicom_delete(self, kind: str, key: str) -> bool:
         with self.service._lock:
-            return self.service.dicom_delete(kind, key)
+            return self.service.dicom.dicom_delete(kind, key)
 
     def dicom_config(self) -> DicomConfig:
         with self.service._lock:
-            return self.service.dicom_config()
+            return self.service.dicom.dicom_config()
 
     def claim_export(
         self,
@@ -240,7 +240,7 @@ class CoreActor:
         destination: str | None = None,
     ) -> dict[str, Any] | None:
         with self.service._lock:
-            return self.service.claim_export(worker, lease_seconds, claim_id, destination)
+            return self.service.exports.claim_export(worker, lease_seconds, claim_id, destination)
 
     def export_finished(
         self,
@@ -252,23 +252,23 @@ class CoreActor:
         sent: int = 0,
     ) -> ExportRecord:
         with self.service._lock:
-            return self.service.export_finished(
+            return self.service.exports.export_finished(
                 export_id, ok=ok, reason=reason, retry_in=retry_in, sent=sent
             )
 
     def get_export(self, export_id: str) -> ExportRecord:
         with self.service._lock:
-            return self.service.get_export(export_id)
+            return self.service.exports.get_export(export_id)
 
     def list_exports(
         self, job_id: str | None = None, state: str | None = None
     ) -> list[ExportRecord]:
         with self.service._lock:
-            return self.service.list_exports(job_id, state)
+            return self.service.exports.list_exports(job_id, state)
 
     def resend_export(self, export_id: str) -> ExportRecord:
         with self.service._lock:
-            return self.service.resend_export(export_id)
+            return self.service.exports.resend_export(export_id)
 
 
 CoreActorRemote = ray.remote(CoreActor)

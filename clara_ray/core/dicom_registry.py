@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -14,9 +15,10 @@ from clara_ray.config.dicom import (
     DicomSettings,
     SourceConfig,
 )
+from clara_ray.core.store import Store
 from clara_ray.errors import ConfigError, NotFoundError
 
-__all__ = ["DicomRegistryMixin", "EntryKind"]
+__all__ = ["DicomRegistry", "EntryKind"]
 
 log = logging.getLogger(__name__)
 EntryKind = Literal["aetitle", "source", "destination"]
@@ -50,17 +52,25 @@ def _validated(kind: str, data: dict[str, Any]) -> Any:
         raise ConfigError(f"invalid DICOM {kind}: {problems}") from None
 
 
-class DicomRegistryMixin:
-    """AE titles, sources and destinations of :class:`~clara_ray.core.service.CoreService`."""
+class DicomRegistry:
+    """AE titles, sources and destinations; the Core's DICOM verbs.
 
-    store: Any
+    Args:
+        store: the entries' home.
+        check_pipeline: raises :class:`~clara_ray.errors.NotFoundError` for a pipeline
+            name that does not exist (an AE title may only name existing pipelines).
+    """
+
+    def __init__(self, store: Store, check_pipeline: Callable[[str], object]) -> None:
+        self.store = store
+        self._check_pipeline = check_pipeline
 
     def dicom_put(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         """Create or replace an entry (idempotent); AE titles must name existing pipelines."""
         entry = _validated(kind, data)
         if kind == "aetitle":
             for pipeline in entry.pipelines:
-                self.get_pipeline(pipeline)  # type: ignore[attr-defined]
+                self._check_pipeline(pipeline)
         self.store.put_dicom_entry(kind, _key(kind, entry), entry.model_dump(mode="json"))
         log.info("DICOM %s %s stored", kind, _key(kind, entry))
         return entry.model_dump(mode="json")

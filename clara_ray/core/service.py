@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from clara_ray.contracts.launcher import LaunchUnconfirmed, RunnerLauncher
 from clara_ray.contracts.records import (
+    ExportRecord,
     JobPriority,
     JobRecord,
     JobState,
@@ -36,10 +37,10 @@ from clara_ray.contracts.records import (
     PayloadRecord,
     PipelineRecord,
 )
-from clara_ray.core.dicom_registry import DicomRegistryMixin
-from clara_ray.core.exports import ExportsMixin
+from clara_ray.core.dicom_registry import DicomRegistry
 from clara_ray.core.store import Store
 from clara_ray.errors import ClaraError, ConflictError, NotFoundError
+from clara_ray.export.ledger import ExportLedger
 from clara_ray.pipeline import parse_pipeline, resolve_pipeline
 from clara_ray.storage import Storage
 
@@ -60,7 +61,10 @@ def _locked(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class CoreService(ExportsMixin, DicomRegistryMixin):
+class CoreService:
+    """Pipelines, payloads, jobs and their operators; the DICOM configuration in
+    :attr:`dicom` and the exports in :attr:`exports`."""
+
     def __init__(
         self,
         store: Store,
@@ -82,6 +86,8 @@ class CoreService(ExportsMixin, DicomRegistryMixin):
         self._launch_seq = 0  # counts finished launches
         self._launched: dict[str, int] = {}  # job id -> _launch_seq when its launch finished
         self._results_cache: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self.dicom = DicomRegistry(store, self.get_pipeline)
+        self.exports = ExportLedger(store, storage, self.dicom.dicom_config, clock)
 
     # -- pipelines -------------------------------------------------------------
     @_locked
@@ -227,7 +233,7 @@ class CoreService(ExportsMixin, DicomRegistryMixin):
             pipeline=pipe.name,
             definition=pipe.definition,
             payload_id=payload_rec.payload_id,
-            priority=prio,  # type: ignore[arg-type]
+            priority=prio,
             parameters=resolved.parameters,
             metadata={str(k): str(v) for k, v in (metadata or {}).items()},
             runtime_env=dict(runtime_env or {}),
@@ -390,7 +396,7 @@ class CoreService(ExportsMixin, DicomRegistryMixin):
             try:
                 with self.store.transaction():
                     if stopped is JobStatus.HEALTHY:
-                        self._create_exports(job)
+                        self._record_exports(job)
                     self._stop(job, stopped, reason)
             except ClaraError:
                 raise
@@ -454,10 +460,10 @@ class CoreService(ExportsMixin, DicomRegistryMixin):
             )
         running_ids = {j.job_id for j in running}
         for job_id in sorted(alive - running_ids):
-            job = self.store.get_job(job_id)
-            if job is not None and job.state is JobState.STOPPED:
+            held = self.store.get_job(job_id)
+            if held is not None and held.state is JobState.STOPPED:
                 log.info(
-                    "job %s: stopped (%s) but its runner runs; canceling it", job_id, job.status
+                    "job %s: stopped (%s) but its runner runs; canceling it", job_id, held.status
                 )
                 self.launcher.cancel(job_id)
         for job_id in [j for j in self._launched if j not in running_ids]:
@@ -467,7 +473,7 @@ class CoreService(ExportsMixin, DicomRegistryMixin):
         for job in self.store.list_jobs_lacking_exports():
             try:
                 with self.store.transaction():
-                    created = self._create_exports(job)
+                    created = self._record_exports(job)
             except Exception as exc:  # storage unreachable: tried again on the next tick
                 log.warning(
                     "job %s: exports not recorded yet, its results cannot be read (%s: %s)",
@@ -477,6 +483,13 @@ class CoreService(ExportsMixin, DicomRegistryMixin):
                 )
                 continue
             log.info("job %s: %d export(s) recorded after its stop", job.job_id, len(created))
+
+    def _record_exports(self, job: JobRecord) -> list[ExportRecord]:
+        """The exports of a Healthy job, recorded, and the job marked as having them."""
+        created = self.exports.record_job_exports(job.job_id)
+        job.exports_created = True
+        self.store.put_job(job)
+        return created
 
     def _operator(self, job_id: str, name: str) -> OperatorRecord:
         for op in self.store.list_operators(job_id):

@@ -1,2 +1,2 @@
 """The DICOM adapter: a durable Storage SCP that turns studies into payloads and jobs,
-and a Storage SCU that exports results to PACS destinations."""
+and the scheduler that sends results to PACS destinations (:mod:`clara_ray.export`)."""

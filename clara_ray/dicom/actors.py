@@ -2,7 +2,7 @@
 
 ``clara-dicom`` (detached, restartable) holds the spool, closes groups into
 payloads and jobs, and sends exports (several at once, bounded per destination:
-:mod:`clara_ray.dicom.export_workers`); it starts ``receivers`` DicomReceiver
+:mod:`clara_ray.export.workers`); it starts ``receivers`` DicomReceiver
 actors, separate processes that each run a Storage SCP on the same port
 (SO_REUSEPORT, new connections evened out among them by a ConnectionBalancer),
 because one Python process tops out near 300 instances/s.
@@ -26,13 +26,13 @@ from clara_ray.config.settings import Settings
 from clara_ray.contracts.core_client import CoreClient
 from clara_ray.contracts.placement import CORE_ACTOR_NAME, on_head_node
 from clara_ray.dicom.balance import ConnectionBalancer, balancing_supported
-from clara_ray.dicom.export_workers import core_exports
 from clara_ray.dicom.ingest import GroupCloser
 from clara_ray.dicom.scp import StorageScp
-from clara_ray.dicom.scu import echo
 from clara_ray.dicom.spool import Spool
 from clara_ray.dicom.tls import ClientTls, server_ssl_context
 from clara_ray.errors import NotFoundError
+from clara_ray.export.scu import echo
+from clara_ray.export.workers import core_exports
 from clara_ray.phi import keep_patient_data_out_of_logs
 from clara_ray.storage import Storage
 

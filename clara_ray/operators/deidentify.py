@@ -74,7 +74,7 @@ from pydicom.uid import MediaStorageDirectoryStorage
 
 from clara_ray.context import OperatorContext
 from clara_ray.errors import OperatorError
-from clara_ray.export_manifest import result_ref
+from clara_ray.export.manifest import result_ref
 from clara_ray.storage import PayloadView
 
 __all__ = [

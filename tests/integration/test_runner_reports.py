@@ -13,7 +13,7 @@ import ray
 from clara_ray.client import PlatformClient
 from clara_ray.context import OperatorContext
 from clara_ray.contracts.placement import CORE_ACTOR_NAME
-from clara_ray.export_manifest import MANIFEST_NAME, ExportManifest
+from clara_ray.export.manifest import MANIFEST_NAME, ExportManifest
 from clara_ray.platform import get_or_create_core
 from clara_ray.runner.job_runner import RUNNER_HOST_NAME
 from clara_ray.storage import PayloadView

@@ -2,7 +2,7 @@
 
 :class:`Bench` holds a :class:`CoreService` on a temporary database and a local
 :class:`Storage`; exports are recorded in it as the Core records them when a job
-ends Healthy, and :func:`clara_ray.dicom.export_workers.core_exports` sends them
+ends Healthy, and :func:`clara_ray.export.workers.core_exports` sends them
 exactly as the DICOM adapter does (the Core is called in-process instead of
 through Ray, one call at a time as the Core actor serves them).
 """
@@ -21,9 +21,9 @@ from clara_ray.config.dicom import DestinationConfig
 from clara_ray.contracts.core_client import CoreClient
 from clara_ray.contracts.records import ExportRecord
 from clara_ray.core import CoreService, SQLiteStore
-from clara_ray.export_manifest import result_path
+from clara_ray.export.manifest import result_path
 from clara_ray.storage import Storage
-from tests.launchers import NoRunners
+from tests.launchers import NoRunners, core_verb
 
 __all__ = ["Bench", "black_hole"]
 
@@ -40,7 +40,7 @@ class Bench(CoreClient):
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
-            return getattr(self.core, method)(*args, **kwargs)
+            return core_verb(self.core, method)(*args, **kwargs)
 
     def close(self) -> None:
         self.store.close()

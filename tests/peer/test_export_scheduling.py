@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from clara_ray.config.dicom import DestinationConfig, DicomSettings, ExportSettings
-from clara_ray.dicom.export_workers import core_exports
-from clara_ray.dicom.scu import read_entry
 from clara_ray.dicom.tls import ClientTls
+from clara_ray.export.scu import read_entry
+from clara_ray.export.workers import core_exports
 from tests.peer.dicom_helpers import write_study
 from tests.peer.export_helpers import Bench, black_hole
 from tests.peer.orthanc import OrthancServer, orthanc_fixture

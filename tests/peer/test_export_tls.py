@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from clara_ray.config.dicom import DestinationConfig, DicomSettings, TlsSettings
-from clara_ray.dicom.export_workers import core_exports
-from clara_ray.dicom.scu import read_entry
 from clara_ray.dicom.tls import ClientTls
+from clara_ray.export.send_plan import read_entry
+from clara_ray.export.workers import core_exports
 from tests.peer.dicom_helpers import Certificates, make_certificates, write_study
 from tests.peer.export_helpers import Bench
 from tests.peer.orthanc import OrthancError, OrthancServer

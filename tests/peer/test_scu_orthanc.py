@@ -22,8 +22,10 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 
 from clara_ray.config.dicom import DestinationConfig
-from clara_ray.dicom.export_policy import classify
-from clara_ray.dicom.scu import DicomSendError, echo, read_entry, send_files
+from clara_ray.export.outcome import DicomSendError
+from clara_ray.export.policy import classify
+from clara_ray.export.scu import echo, send_files
+from clara_ray.export.send_plan import read_entry
 from clara_ray.sample import generate_phantom, write_ct_series
 from tests.conftest import free_port
 from tests.peer.orthanc import OrthancError, OrthancServer, orthanc_fixture

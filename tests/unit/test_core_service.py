@@ -29,7 +29,7 @@ from clara_ray.contracts.records import (
 )
 from clara_ray.core import CoreService, SQLiteStore
 from clara_ray.errors import ConflictError, NotFoundError, PipelineValidationError
-from clara_ray.export_manifest import MANIFEST_NAME, ExportManifest
+from clara_ray.export.manifest import MANIFEST_NAME, ExportManifest
 from clara_ray.storage import FileEntry, Storage
 
 DIAMOND = (Path(__file__).resolve().parent.parent / "pipelines" / "diamond.yaml").read_text()
@@ -740,7 +740,7 @@ def test_create_job_is_one_unit_of_work(core: CoreService, monkeypatch: pytest.M
 
 def with_export_manifest(env: Env, job_id: str, destination: str = "PACS") -> None:
     """Configure ``destination`` and write the manifest an export operator leaves."""
-    env.core.dicom_put(
+    env.core.dicom.dicom_put(
         "destination", {"name": destination, "ae_title": "ORTHANC", "host": "pacs", "port": 4242}
     )
     results = env.storage.results(job_id, "join")
@@ -785,7 +785,7 @@ def test_storage_error_at_a_healthy_end_records_nothing_and_the_retried_report_g
         JobStatus.HEALTHY,
         True,
     )
-    exports = core.list_exports("j1")
+    exports = core.exports.list_exports("j1")
     assert [(e.destination, e.state, e.files) for e in exports] == [
         ("PACS", ExportState.PENDING, ["join/seg.dcm"])
     ]
@@ -797,7 +797,7 @@ def test_unreadable_manifest_of_a_healthy_job_leaves_one_failed_record(
     queue(core, "j1")
     env.storage.results("j1", "join").write_text(MANIFEST_NAME, "{not json")
     core.job_stopped("j1", "Healthy")
-    (rec,) = core.list_exports("j1")
+    (rec,) = core.exports.list_exports("j1")
     assert (rec.operator, rec.state) == ("-", ExportState.FAILED)
     assert rec.reason is not None and rec.reason.startswith("export manifest unreadable")
     assert core.get_job("j1").exports_created
@@ -812,14 +812,14 @@ def test_recover_records_exports_of_a_healthy_job_stopped_without_them(
     job = core.get_job("j1")
     job.state, job.status, job.ended_at = JobState.STOPPED, JobStatus.HEALTHY, 5.0
     core.store.put_job(job)
-    assert core.list_exports("j1") == []
+    assert core.exports.list_exports("j1") == []
     new = env.restart()
     listing = FlakyListing(env.storage, failures=1)
     monkeypatch.setattr(env.storage, "list_results", listing)
     env.recover()  # storage still failing: tried again on the next tick
-    assert new.list_exports("j1") == [] and not new.get_job("j1").exports_created
+    assert new.exports.list_exports("j1") == [] and not new.get_job("j1").exports_created
     env.recover()
-    assert [e.destination for e in new.list_exports("j1")] == ["PACS"]
+    assert [e.destination for e in new.exports.list_exports("j1")] == ["PACS"]
     assert new.get_job("j1").exports_created
     env.recover()  # nothing left to repair: storage is not listed again
     assert listing.calls == 2
@@ -843,7 +843,7 @@ def test_retried_operator_started_counts_one_attempt(core: CoreService) -> None:
 def healthy_job_with_exports(env: Env, job_id: str, destinations: tuple[str, ...]) -> None:
     queue(env.core, job_id)
     for name in destinations:
-        env.core.dicom_put(
+        env.core.dicom.dicom_put(
             "destination", {"name": name, "ae_title": "PEER", "host": "pacs", "port": 104}
         )
     results = env.storage.results(job_id, "join")
@@ -856,14 +856,14 @@ def healthy_job_with_exports(env: Env, job_id: str, destinations: tuple[str, ...
 
 def test_retried_claim_returns_the_same_export(env: Env, core: CoreService) -> None:
     healthy_job_with_exports(env, "j1", ("PACS", "RESEARCH"))
-    first = core.claim_export("adapter-1", 60.0, claim_id="claim-a")
-    retried = core.claim_export("adapter-1", 60.0, claim_id="claim-a")
+    first = core.exports.claim_export("adapter-1", 60.0, claim_id="claim-a")
+    retried = core.exports.claim_export("adapter-1", 60.0, claim_id="claim-a")
     assert first is not None and retried is not None
     assert retried["export"].export_id == first["export"].export_id
     assert retried["export"].attempts == 1
-    other = core.claim_export("adapter-1", 60.0, claim_id="claim-b")
+    other = core.exports.claim_export("adapter-1", 60.0, claim_id="claim-b")
     assert other is not None and other["export"].export_id != first["export"].export_id
-    assert core.claim_export("adapter-1", 60.0, claim_id="claim-c") is None
+    assert core.exports.claim_export("adapter-1", 60.0, claim_id="claim-c") is None
 
 
 # -- resending an export -----------------------------------------------------------------
@@ -871,14 +871,14 @@ def test_retried_claim_returns_the_same_export(env: Env, core: CoreService) -> N
 
 def test_resend_export_makes_a_failed_export_pending_again(env: Env, core: CoreService) -> None:
     healthy_job_with_exports(env, "j1", ("PACS",))
-    claimed = core.claim_export("adapter-1", claim_id="c1")
+    claimed = core.exports.claim_export("adapter-1", claim_id="c1")
     assert claimed is not None
     export_id = claimed["export"].export_id
     with pytest.raises(ConflictError, match=r"is InProgress; only a Failed export can be resent"):
-        core.resend_export(export_id)
-    core.export_finished(export_id, ok=False, reason="association rejected", sent=1)
-    assert core.get_export(export_id).state is ExportState.FAILED
-    rec = core.resend_export(export_id[:12])  # a prefix, as `list exports` shows it
+        core.exports.resend_export(export_id)
+    core.exports.export_finished(export_id, ok=False, reason="association rejected", sent=1)
+    assert core.exports.get_export(export_id).state is ExportState.FAILED
+    rec = core.exports.resend_export(export_id[:12])  # a prefix, as `list exports` shows it
     assert (rec.export_id, rec.state, rec.attempts, rec.reason, rec.sent) == (
         export_id,
         ExportState.PENDING,
@@ -887,25 +887,25 @@ def test_resend_export_makes_a_failed_export_pending_again(env: Env, core: CoreS
         0,
     )
     assert rec.next_attempt_at == rec.updated_at and rec.lease_until is None
-    assert core.get_export(export_id) == rec
+    assert core.exports.get_export(export_id) == rec
     with pytest.raises(ConflictError, match=r"is Pending; only a Failed export can be resent"):
-        core.resend_export(export_id)
-    again = core.claim_export("adapter-1", claim_id="c2")
+        core.exports.resend_export(export_id)
+    again = core.exports.claim_export("adapter-1", claim_id="c2")
     assert again is not None and again["export"].export_id == export_id
-    core.export_finished(export_id, ok=True, sent=1)
+    core.exports.export_finished(export_id, ok=True, sent=1)
     with pytest.raises(ConflictError, match=r"is Succeeded; only a Failed export can be resent"):
-        core.resend_export(export_id)
+        core.exports.resend_export(export_id)
 
 
 def test_resend_export_errors(env: Env, core: CoreService) -> None:
     with pytest.raises(NotFoundError, match=r"export 'nope' does not exist"):
-        core.resend_export("nope")
+        core.exports.resend_export("nope")
     queue(core, "j1")
     env.storage.results("j1", "join").write_text(MANIFEST_NAME, "{not json")
     core.job_stopped("j1", "Healthy")
-    (rec,) = core.list_exports("j1")
+    (rec,) = core.exports.list_exports("j1")
     with pytest.raises(ConflictError, match=r"has nothing to send: .* could not be read"):
-        core.resend_export(rec.export_id)
+        core.exports.resend_export(rec.export_id)
 
 
 # -- the Core does not wait on runners -----------------------------------------------------

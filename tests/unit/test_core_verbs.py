@@ -8,10 +8,12 @@ from typing import Any
 
 from clara_ray.contracts.core_client import CoreClient
 from clara_ray.core.actor import CoreActor
+from clara_ray.core.dicom_registry import DicomRegistry
 from clara_ray.core.service import CoreService
+from clara_ray.export.ledger import ExportLedger
 
-# CoreService's public methods that the actor calls itself, never a caller of the Core
-_SERVICE_INTERNAL = frozenset({"recover", "wait_for_launches", "dicom_seed"})
+# public methods of CoreService and its parts that the Core calls itself, never its callers
+_SERVICE_INTERNAL = frozenset({"recover", "wait_for_launches", "dicom_seed", "record_job_exports"})
 # the actor's own methods, about the actor rather than the Core's state
 _ACTOR_OWN = frozenset({"ping", "settings_dump"})
 
@@ -35,6 +37,10 @@ def _public(cls: type, leave_out: frozenset[str] = frozenset()) -> dict[str, ins
 
 def test_actor_service_and_client_have_the_same_verbs_with_the_same_parameters() -> None:
     service = _public(CoreService, _SERVICE_INTERNAL)
-    assert "claim_export" in service and "dicom_config" in service  # the mixins' verbs too
+    for part in (ExportLedger, DicomRegistry):
+        verbs = _public(part, _SERVICE_INTERNAL)
+        assert not verbs.keys() & service.keys(), f"{part.__name__} repeats a verb"
+        service |= verbs
+    assert "claim_export" in service and "dicom_config" in service
     assert _public(CoreActor, _ACTOR_OWN) == service
     assert _public(CoreClient) == service

@@ -9,7 +9,7 @@ import pytest
 
 from clara_ray.context import OperatorContext
 from clara_ray.errors import OperatorError
-from clara_ray.export_manifest import (
+from clara_ray.export.manifest import (
     MANIFEST_NAME,
     ExportManifest,
     ExportManifestError,

@@ -14,17 +14,10 @@ from pydicom.uid import (
 )
 
 from clara_ray.config.dicom import DestinationConfig, ExportSettings
-from clara_ray.dicom.export_policy import classify, classify_status, next_delay, should_retry
-from clara_ray.dicom.scu import (
-    MAX_CONTEXTS,
-    DicomSendError,
-    FileEntry,
-    SendResult,
-    describe_status,
-    plan_associations,
-    read_entry,
-)
 from clara_ray.errors import ClaraError
+from clara_ray.export.outcome import DicomSendError, SendResult, describe_status
+from clara_ray.export.policy import classify, classify_status, next_delay, should_retry
+from clara_ray.export.send_plan import MAX_CONTEXTS, FileEntry, plan_associations, read_entry
 from clara_ray.sample import generate_phantom, write_ct_series
 
 DEST = DestinationConfig(name="PACS", ae_title="ORTHANC", host="10.0.0.5", port=4242)
@@ -149,7 +142,7 @@ def test_describe_status() -> None:
     assert describe_status(0xB000) == "0xB000 (Coercion of Data Elements)"
 
 
-# -- association planning (scu.plan_associations) ----------------------------------------
+# -- association planning (send_plan.plan_associations) ----------------------------------------
 
 
 def _entry(index: int, sop_class: str, syntax: str) -> FileEntry:

@@ -1,4 +1,4 @@
-"""Export scheduling (clara_ray.dicom.export_workers): bounds, fairness, wake-ups, leases.
+"""Export scheduling (clara_ray.export.workers): bounds, fairness, wake-ups, leases.
 
 The scheduler runs against scripted claims and sends (no Core, no network), and
 against a real CoreService for what the Core's claim must do for it (claim by
@@ -20,7 +20,7 @@ import pytest
 from clara_ray.config.dicom import ExportSettings
 from clara_ray.contracts.records import ExportRecord, ExportState
 from clara_ray.core import CoreService, SQLiteStore
-from clara_ray.dicom.export_workers import ExportScheduler
+from clara_ray.export.workers import ExportScheduler
 from clara_ray.storage import Storage
 from tests.launchers import NoRunners
 
@@ -217,7 +217,7 @@ def core(tmp_path: Path) -> Iterator[CoreService]:
     store = SQLiteStore(tmp_path / "clara.db")
     service = CoreService(store, Storage(str(tmp_path / "storage")), NoRunners())
     for name, port in (("MUTE", 4242), ("PACS", 4243)):
-        service.dicom_put(
+        service.dicom.dicom_put(
             "destination", {"name": name, "ae_title": name, "host": "127.0.0.1", "port": port}
         )
     yield service
@@ -244,21 +244,21 @@ def test_the_core_hands_a_destination_only_its_own_exports(core: CoreService) ->
     put_export(core, "to-mute", "MUTE")
     put_export(core, "to-pacs", "PACS")
 
-    claimed = core.claim_export("w", 600, destination="PACS")
+    claimed = core.exports.claim_export("w", 600, destination="PACS")
 
     assert claimed is not None and claimed["export"].export_id == "to-pacs"
     assert claimed["destination"]["name"] == "PACS"
-    assert core.claim_export("w", 600, destination="PACS") is None
-    assert core.get_export("to-mute").state is ExportState.PENDING
+    assert core.exports.claim_export("w", 600, destination="PACS") is None
+    assert core.exports.get_export("to-mute").state is ExportState.PENDING
 
 
 def test_exports_of_a_deleted_destination_fail_when_it_is_asked_for(core: CoreService) -> None:
     put_export(core, "to-mute", "MUTE")
-    core.dicom_delete("destination", "MUTE")
+    core.dicom.dicom_delete("destination", "MUTE")
 
-    assert core.claim_export("w", 600, destination="MUTE") is None
+    assert core.exports.claim_export("w", 600, destination="MUTE") is None
 
-    rec = core.get_export("to-mute")
+    rec = core.exports.get_export("to-mute")
     assert rec.state is ExportState.FAILED
     assert rec.reason == "destination 'MUTE' was deleted"
 
@@ -274,20 +274,24 @@ def test_a_resent_export_is_claimed_and_sent_again(core: CoreService, made) -> N
         return {"ok": True, "sent": 1}
 
     def finish(claimed: dict[str, Any], outcome: dict[str, Any]) -> None:
-        core.export_finished(claimed["export"].export_id, **outcome)
+        core.exports.export_finished(claimed["export"].export_id, **outcome)
 
     scheduler = ExportScheduler(
-        lambda name, lease: core.claim_export("w", lease, destination=name),
+        lambda name, lease: core.exports.claim_export("w", lease, destination=name),
         send,
         finish,
         settings(),
     )
     made.append((scheduler, Script({})))
     scheduler.dispatch(["MUTE", "PACS"])
-    wait_until(lambda: core.get_export("to-pacs").state is ExportState.FAILED, "the failure")
+    wait_until(
+        lambda: core.exports.get_export("to-pacs").state is ExportState.FAILED, "the failure"
+    )
 
-    core.resend_export("to-pacs")
+    core.exports.resend_export("to-pacs")
     scheduler.dispatch(["MUTE", "PACS"])
 
-    wait_until(lambda: core.get_export("to-pacs").state is ExportState.SUCCEEDED, "the resend")
+    wait_until(
+        lambda: core.exports.get_export("to-pacs").state is ExportState.SUCCEEDED, "the resend"
+    )
     assert sent == ["to-pacs", "to-pacs"]

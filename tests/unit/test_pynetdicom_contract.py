@@ -1,7 +1,7 @@
 """Contracts with pynetdicom's private API that the DICOM receiver and sender rely on.
 
 Each test names one hook used by :mod:`clara_ray.dicom.scp` or
-:mod:`clara_ray.dicom.scu`, so a pynetdicom upgrade that moves or changes it
+:mod:`clara_ray.export.scu`, so a pynetdicom upgrade that moves or changes it
 fails here, with the hook in the test's name and message, before any peer test.
 """
 

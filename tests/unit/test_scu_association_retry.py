@@ -15,7 +15,8 @@ from contextlib import contextmanager
 import pytest
 
 from clara_ray.config.dicom import DestinationConfig
-from clara_ray.dicom.scu import DicomSendError, echo
+from clara_ray.export.outcome import DicomSendError
+from clara_ray.export.scu import echo
 
 REJECT_CALLED_AE = bytes([0x03, 0, 0, 0, 0, 4, 0, 0x01, 0x01, 0x07])
 

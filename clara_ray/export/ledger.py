@@ -1,43 +1,72 @@
-"""Exports of a job's DICOM results to destinations: tracked records, owned by the Core.
+"""The export ledger: one record per result set and destination, kept by the Core.
 
 When a job ends Healthy, each export manifest it wrote (see
-:mod:`clara_ray.export_manifest`) becomes one record per destination.  The
+:mod:`clara_ray.export.manifest`) becomes one record per destination.  The
 DICOM adapter claims a Pending record (with a lease, so a record claimed by an
 adapter that died is claimed again), sends it, and reports the outcome; a
 failed attempt goes back to Pending with a later ``next_attempt_at`` until the
 attempts run out.  A Failed export can be sent again (:meth:`resend_export`).
 
-The records are written in the same unit of work that stops the job Healthy,
-and the job is marked ``exports_created`` with them: a Healthy job either has
-its exports recorded or, if it was stopped by an older version that lost them,
-is found by ``CoreService.recover`` and gets them then.
+The Core records them (:meth:`ExportLedger.record_job_exports`) in the same
+unit of work that stops the job Healthy and marks it ``exports_created``: a
+Healthy job either has its exports recorded or, if it was stopped by an older
+version that lost them, is found by ``CoreService.recover`` and gets them then.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from clara_ray.contracts.records import ExportRecord, ExportState, JobRecord
+from clara_ray.config.dicom import DicomConfig
+from clara_ray.contracts.records import ExportRecord, ExportState
 from clara_ray.errors import ClaraError, ConflictError, NotFoundError
-from clara_ray.export_manifest import find_manifests
+from clara_ray.export.manifest import find_manifests
+from clara_ray.storage import Storage
 
-__all__ = ["ExportsMixin"]
+__all__ = ["ExportLedger", "ExportStore"]
 
 log = logging.getLogger(__name__)
 _EXPORT_NAMESPACE = uuid.UUID("6f1f8f3e-2b7a-4c55-9d53-3c0f7f2b8a10")
 
 
-class ExportsMixin:
-    """Export bookkeeping of :class:`~clara_ray.core.service.CoreService`."""
+class ExportStore(Protocol):
+    """Where the ledger keeps its records (the Core's state database)."""
 
-    store: Any
-    storage: Any
-    _clock: Any
+    def put_export(self, rec: ExportRecord) -> None: ...
+    def get_export(self, export_id: str) -> ExportRecord | None: ...
+    def list_exports(
+        self, job_id: str | None = None, states: tuple[str, ...] | None = None
+    ) -> list[ExportRecord]: ...
 
-    def _create_exports(self, job: JobRecord) -> list[ExportRecord]:
-        """Record one export per manifest and destination of a Healthy job, and mark the job.
+
+class ExportLedger:
+    """The exports of every job and their state; the Core's export verbs.
+
+    Args:
+        store: the records' home.
+        storage: where the jobs' results (and their manifests) are.
+        dicom_config: the destinations configured now (asked at each claim, so a
+            destination created or deleted at run time counts at once).
+        clock: wall-clock time in seconds.
+    """
+
+    def __init__(
+        self,
+        store: ExportStore,
+        storage: Storage,
+        dicom_config: Callable[[], DicomConfig],
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self._dicom_config = dicom_config
+        self._clock = clock
+
+    def record_job_exports(self, job_id: str) -> list[ExportRecord]:
+        """Record one export per manifest and destination of a Healthy job.
 
         Run inside the unit of work that records the job's Healthy stop (or the one
         that repairs a job stopped without exports).  Manifests that cannot be read
@@ -46,15 +75,15 @@ class ExportsMixin:
         back, and the transition is made again when the report is retried.
         """
         now = self._clock()
-        destinations = {d.name for d in self.dicom_config().destinations}  # type: ignore[attr-defined]
+        destinations = {d.name for d in self._dicom_config().destinations}
         created = []
         try:
-            manifests = find_manifests(self.storage, job.job_id)
+            manifests = find_manifests(self.storage, job_id)
         except ClaraError as exc:
             manifests = []
             rec = ExportRecord(
-                export_id=uuid.uuid5(_EXPORT_NAMESPACE, f"{job.job_id}/manifest").hex,
-                job_id=job.job_id,
+                export_id=uuid.uuid5(_EXPORT_NAMESPACE, f"{job_id}/manifest").hex,
+                job_id=job_id,
                 operator="-",
                 destination="-",
                 files=[],
@@ -67,14 +96,12 @@ class ExportsMixin:
             created.append(rec)
         for operator, manifest in manifests:
             for destination in manifest.destinations:
-                export_id = uuid.uuid5(
-                    _EXPORT_NAMESPACE, f"{job.job_id}/{operator}/{destination}"
-                ).hex
+                export_id = uuid.uuid5(_EXPORT_NAMESPACE, f"{job_id}/{operator}/{destination}").hex
                 if self.store.get_export(export_id) is not None:
                     continue
                 rec = ExportRecord(
                     export_id=export_id,
-                    job_id=job.job_id,
+                    job_id=job_id,
                     operator=operator,
                     destination=destination,
                     files=list(manifest.files),
@@ -93,14 +120,12 @@ class ExportsMixin:
                 created.append(rec)
                 log.info(
                     "job %s: export %s to %s (%d files) %s",
-                    job.job_id,
+                    job_id,
                     export_id,
                     destination,
                     len(rec.files),
                     rec.state,
                 )
-        job.exports_created = True
-        self.store.put_job(job)
         return created
 
     def claim_export(
@@ -123,7 +148,7 @@ class ExportsMixin:
             for rec in self.store.list_exports(states=(str(ExportState.IN_PROGRESS),)):
                 if rec.details.get("claim") != claim_id:
                     continue
-                target = self.dicom_config().destination(rec.destination)  # type: ignore[attr-defined]
+                target = self._dicom_config().destination(rec.destination)
                 if target is not None:
                     return {"export": rec, "destination": target.model_dump()}
         for rec in self.store.list_exports(
@@ -134,7 +159,7 @@ class ExportsMixin:
             )
             if not due or (destination is not None and rec.destination != destination):
                 continue
-            target = self.dicom_config().destination(rec.destination)  # type: ignore[attr-defined]
+            target = self._dicom_config().destination(rec.destination)
             if target is None:
                 self._finish(
                     rec, ExportState.FAILED, f"destination '{rec.destination}' was deleted"

@@ -16,7 +16,7 @@ passed and exports resent by an operator (Pending again) are claimed then.
 **Leases.**  Each claim holds its export for ``lease_seconds``.  The send is
 given the lease's end, measured before the claim is asked for (so never after
 the Core's own ``lease_until``), and stops starting instances in time to end
-within it (:func:`~clara_ray.dicom.scu.overrun_seconds`); a lease therefore
+within it (:func:`~clara_ray.export.scu.overrun_seconds`); a lease therefore
 never runs out under a send still going, and an export held by an adapter
 that died is claimed again once its lease has run out.
 
@@ -38,7 +38,7 @@ from typing import Any
 
 from clara_ray.config.dicom import DicomSettings, ExportSettings
 from clara_ray.contracts.core_client import CoreClient
-from clara_ray.dicom.exporter import run_export
+from clara_ray.export.attempt import run_export
 from clara_ray.storage import Storage
 
 __all__ = ["Claim", "Claimed", "ExportScheduler", "Finish", "Send", "core_exports"]
@@ -180,7 +180,7 @@ def core_exports(
     worker: str,
 ) -> ExportScheduler:
     """The adapter's scheduler: claims from the Core as ``worker``, sends with
-    :func:`~clara_ray.dicom.exporter.run_export`, reports to the Core."""
+    :func:`~clara_ray.export.attempt.run_export`, reports to the Core."""
 
     def claim(destination: str, lease_seconds: float) -> Claimed | None:
         # one claim id per claim: a call Ray retries against a restarted Core gets the same export

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from clara_ray.config.dicom import DestinationConfig, DicomSettings
-from clara_ray.dicom.export_policy import classify, next_delay, should_retry
-from clara_ray.dicom.scu import DicomSendError, describe_status, overrun_seconds, send_files
 from clara_ray.errors import ConfigError
-from clara_ray.export_manifest import result_path
+from clara_ray.export.manifest import result_path
+from clara_ray.export.outcome import DicomSendError, describe_status, where
+from clara_ray.export.policy import classify, next_delay, should_retry
+from clara_ray.export.scu import overrun_seconds, send_files
 from clara_ray.storage import Storage
 
 __all__ = ["SEND_TIMEOUT_SECONDS", "ExportOutcome", "run_export"]
@@ -39,13 +40,6 @@ def _local_files(storage: Storage, job_id: str, refs: list[str], scratch: Path) 
     return paths
 
 
-def _where(destination: DestinationConfig) -> str:
-    return (
-        f"destination {destination.name!r} "
-        f"(AE {destination.ae_title!r} at {destination.host}:{destination.port})"
-    )
-
-
 def run_export(
     storage: Storage,
     settings: DicomSettings,
@@ -61,7 +55,7 @@ def run_export(
     (:class:`~clara_ray.dicom.tls.ClientTls`); it is not called otherwise.
     With ``lease_end`` (a :func:`time.monotonic` time) the send stops starting
     instances early enough to end before it (see
-    :func:`~clara_ray.dicom.scu.overrun_seconds`); instances not sent then are
+    :func:`~clara_ray.export.scu.overrun_seconds`); instances not sent then are
     a retryable failure.
     """
     record = claimed["export"]
@@ -72,7 +66,7 @@ def run_export(
     except ConfigError as exc:
         return {
             "ok": False,
-            "reason": f"cannot send to {_where(destination)} over TLS: {exc}",
+            "reason": f"cannot send to {where(destination)} over TLS: {exc}",
             "retry_in": None,
         }
     deadline = None if lease_end is None else lease_end - overrun_seconds(timeout)
@@ -102,7 +96,7 @@ def run_export(
     name, status = result.failed[0]
     detail = describe_status(status) if isinstance(status, int) else status
     reason = (
-        f"{len(result.failed)} of {len(files)} instances not stored by {_where(destination)} "
+        f"{len(result.failed)} of {len(files)} instances not stored by {where(destination)} "
         f"(first: {Path(name).name}: {detail})"
     )
     return _failure(reason, classify(result), attempt, settings, result.sent)

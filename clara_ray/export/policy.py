@@ -19,7 +19,7 @@ A failure is worth retrying when the destination may accept later:
   understand, 0x01xx/0x02xx such as SOP class not supported or not
   authorized) or could not be read.
 
-A :class:`~clara_ray.dicom.scu.SendResult` with any retryable failure is
+A :class:`~clara_ray.export.outcome.SendResult` with any retryable failure is
 ``"retry"``; resending the instances that were refused for good is harmless
 (a PACS stores an instance once).
 """
@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Literal
 
 from clara_ray.config.dicom import ExportSettings
-from clara_ray.dicom.scu import (
+from clara_ray.export.outcome import (
     REASON_ABORTED,
     REASON_TIMEOUT,
     DicomSendError,

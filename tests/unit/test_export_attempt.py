@@ -1,4 +1,4 @@
-"""One export attempt (clara_ray.dicom.exporter.run_export): what each failure is called.
+"""One export attempt (clara_ray.export.attempt.run_export): what each failure is called.
 
 No peer is needed: each case fails before an association, or at a closed port.
 """
@@ -12,9 +12,9 @@ import pytest
 
 from clara_ray.config.dicom import DestinationConfig, DicomSettings, TlsSettings
 from clara_ray.contracts.records import ExportRecord
-from clara_ray.dicom.exporter import run_export
 from clara_ray.dicom.tls import ClientTls
-from clara_ray.export_manifest import result_path
+from clara_ray.export.attempt import run_export
+from clara_ray.export.manifest import result_path
 from clara_ray.sample import generate_phantom, write_ct_series
 from clara_ray.storage import Storage
 from tests.conftest import free_port

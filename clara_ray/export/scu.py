@@ -1,7 +1,7 @@
 """Storage SCU: send DICOM files to a destination with C-STORE, and C-ECHO it.
 
 Plain code, no Ray: the DICOM adapter's export wraps it (with the retry policy
-of :mod:`clara_ray.dicom.export_policy`).
+of :mod:`clara_ray.export.policy`).
 
 **What is proposed.**  Only each file's File Meta Information is read (SOP
 Class, SOP Instance and Transfer Syntax UIDs); the files are sent from disk
@@ -42,66 +42,44 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_file_meta_info
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID
 from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.status import (
-    STATUS_SUCCESS,
-    STATUS_WARNING,
-    STORAGE_SERVICE_CLASS_STATUS,
-    code_to_category,
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
+
+from clara_ray.config.dicom import DestinationConfig
+from clara_ray.export.outcome import (
+    REASON_ABORTED,
+    REASON_NO_CONTEXT,
+    REASON_TIMEOUT,
+    REASON_UNREADABLE,
+    DicomSendError,
+    SendResult,
+    describe_status,
+    where,
+)
+from clara_ray.export.send_plan import (
+    AssociationPlan,
+    FileEntry,
+    Pair,
+    fallback_syntax,
+    plan_associations,
+    read_entry,
 )
 
-from clara_ray.config.dicom import DestinationConfig, TlsSettings
-from clara_ray.errors import ClaraError
-
-__all__ = [
-    "MAX_CONTEXTS",
-    "REASON_ABORTED",
-    "REASON_NO_CONTEXT",
-    "REASON_TIMEOUT",
-    "REASON_UNREADABLE",
-    "AssociationPlan",
-    "DicomSendError",
-    "FileEntry",
-    "SendResult",
-    "describe_status",
-    "echo",
-    "overrun_seconds",
-    "plan_associations",
-    "read_entry",
-    "send_files",
-    "ssl_context_for",
-]
+__all__ = ["echo", "overrun_seconds", "send_files"]
 
 logger = logging.getLogger(__name__)
 
-MAX_CONTEXTS = 128
-"""Most presentation contexts one A-ASSOCIATE-RQ may carry (odd context ids 1 to 255)."""
-
 _SUCCESS = 0x0000
 _STORED = (STATUS_SUCCESS, STATUS_WARNING)  # a warning status means the instance was stored
-
-ErrorKind = Literal["unreachable", "tls", "rejected", "aborted", "timeout", "no-context"]
-
-# Local reasons in SendResult.failed start with one of these words and a colon.
-REASON_UNREADABLE = "unreadable"
-"""The file could not be read as a DICOM Part 10 file (permanent)."""
-REASON_NO_CONTEXT = "no-context"
-"""The peer accepted no presentation context the file can be sent in (permanent)."""
-REASON_ABORTED = "aborted"
-"""The association ended before the instance was answered (transient)."""
-REASON_TIMEOUT = "timeout"
-"""No response within the timeout; the association was aborted (transient)."""
 
 
 _PAST_DEADLINE = (
@@ -116,196 +94,11 @@ def overrun_seconds(timeout: float) -> float:
     Checked just before the deadline, an association request may still take
     two tries (each a connect and an answer, ``2 * timeout``, then a wait for
     the association's thread, ``timeout``) and the diagnosis of a failed
-    connection (a connect and a TLS handshake, about 5 s each); the association is then released (``timeout``) and its thread
-    joined (``timeout``).  An instance started before the deadline takes
+    connection (a connect and a TLS handshake, about 5 s each); the association
+    is then released (``timeout``) and its thread joined (``timeout``).  An instance started before the deadline takes
     ``timeout`` at most, followed by the same release and join.
     """
     return 8 * timeout + 20
-
-
-def _where(destination: DestinationConfig) -> str:
-    return (
-        f"destination {destination.name!r} "
-        f"(AE {destination.ae_title!r} at {destination.host}:{destination.port})"
-    )
-
-
-class DicomSendError(ClaraError):
-    """A destination could not be reached, or it rejected or dropped the association.
-
-    ``kind`` says which (``"unreachable"``, ``"tls"``, ``"rejected"``,
-    ``"aborted"``, ``"timeout"``, ``"no-context"``); for a rejection, ``reject``
-    holds the A-ASSOCIATE-RJ ``(result, source, diagnostic)`` codes (result 1:
-    permanent, 2: transient).  ``result`` holds what earlier associations of the
-    same :func:`send_files` call sent, if any.
-    """
-
-    def __init__(
-        self,
-        destination: DestinationConfig,
-        kind: ErrorKind,
-        detail: str,
-        *,
-        reject: tuple[int, int, int] | None = None,
-        result: SendResult | None = None,
-    ) -> None:
-        self.destination = destination
-        self.kind: ErrorKind = kind
-        self.detail = detail
-        self.reject = reject
-        self.result = result
-        super().__init__(f"{_where(destination)}: {detail}")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # pickled across Ray actors: keep every field
-        return (type(self), (self.destination, self.kind, self.detail), self.__dict__)
-
-
-@dataclass
-class SendResult:
-    """What one :func:`send_files` call achieved.
-
-    ``failed`` holds ``(file, status)`` pairs: ``status`` is the DIMSE status
-    code (an ``int``, e.g. ``0xA700``) the peer answered, or a local reason
-    (a ``str`` starting with ``"unreadable:"``, ``"no-context:"``,
-    ``"aborted:"`` or ``"timeout:"``).  ``file`` is the path as given.
-    ``bytes`` counts the file sizes of the instances sent; ``seconds`` is the
-    wall time of the whole call.  Warning statuses (0xB000, 0xB006, 0xB007)
-    count as sent.
-    """
-
-    sent: int = 0
-    failed: list[tuple[str, int | str]] = field(default_factory=list)
-    bytes: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """``True`` when every instance was stored."""
-        return not self.failed
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """One file to send, as its File Meta Information describes it."""
-
-    path: Path
-    name: str
-    sop_class: str
-    sop_instance: str
-    transfer_syntax: str
-    size: int
-
-
-Pair = tuple[str, str]
-"""(SOP Class UID, Transfer Syntax UID): one presentation context."""
-
-
-@dataclass(frozen=True)
-class AssociationPlan:
-    """The contexts one association proposes and the files it sends, in the caller's order."""
-
-    contexts: tuple[Pair, ...]
-    files: tuple[FileEntry, ...]
-
-
-def describe_status(code: int) -> str:
-    """``"0xA700 (Refused: Out of Resources)"``-style text for a DIMSE status code."""
-    text = STORAGE_SERVICE_CLASS_STATUS.get(code, (code_to_category(code), ""))[1]
-    return f"0x{code:04X} ({text or code_to_category(code)})"
-
-
-def _fallback(transfer_syntax: str) -> str | None:
-    if transfer_syntax == ExplicitVRLittleEndian:
-        return ImplicitVRLittleEndian
-    if transfer_syntax == ImplicitVRLittleEndian:
-        return ExplicitVRLittleEndian
-    return None
-
-
-def plan_associations(
-    entries: Iterable[FileEntry], *, max_contexts: int = MAX_CONTEXTS, fallbacks: bool = True
-) -> list[AssociationPlan]:
-    """Split ``entries`` into associations of at most ``max_contexts`` contexts.
-
-    One context per (SOP Class, Transfer Syntax) pair present, plus, with
-    ``fallbacks``, one per uncompressed little-endian pair with the other VR
-    encoding (shared when that pair is present itself).  A pair's files all go
-    in the same association; pairs are packed in order of first appearance;
-    each association's files keep the order they were given in.
-    """
-    if not 2 <= max_contexts <= MAX_CONTEXTS:
-        raise ValueError(f"max_contexts must be between 2 and {MAX_CONTEXTS}, got {max_contexts}")
-    ordered = list(entries)
-    groups: dict[Pair, list[int]] = {}
-    for index, entry in enumerate(ordered):
-        groups.setdefault((entry.sop_class, entry.transfer_syntax), []).append(index)
-
-    plans: list[AssociationPlan] = []
-    primaries: list[Pair] = []
-    extras: list[Pair] = []
-    indexes: list[int] = []
-
-    def flush() -> None:
-        contexts = tuple(primaries) + tuple(p for p in extras if p not in primaries)
-        files = tuple(ordered[i] for i in sorted(indexes))
-        plans.append(AssociationPlan(contexts=contexts, files=files))
-        primaries.clear()
-        extras.clear()
-        indexes.clear()
-
-    for pair, members in groups.items():
-        other = _fallback(pair[1]) if fallbacks else None
-        needed = {pair} | ({(pair[0], other)} if other else set())
-        if primaries and len(set(primaries) | set(extras) | needed) > max_contexts:
-            flush()
-        primaries.append(pair)
-        if other:
-            extras.append((pair[0], other))
-        indexes.extend(members)
-    if primaries:
-        flush()
-    return plans
-
-
-def read_entry(path: Path | str) -> FileEntry:
-    """A :class:`FileEntry` from the file's meta information only.
-
-    Raises ``ValueError`` when the file is not a DICOM Part 10 file with the
-    SOP Class, SOP Instance and Transfer Syntax UIDs in its meta information,
-    and ``OSError`` when it cannot be read.
-    """
-    file = Path(path)
-    try:
-        meta = read_file_meta_info(file)
-    except InvalidDicomError as exc:
-        raise ValueError(f"{file} is not a DICOM Part 10 file: {exc}") from exc
-    missing = [
-        kw
-        for kw in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
-        if not meta.get(kw)
-    ]
-    if missing:
-        raise ValueError(
-            f"{file} lacks {', '.join(missing)} in its file meta information; "
-            "expected a DICOM Part 10 file"
-        )
-    return FileEntry(
-        path=file,
-        name=str(path),
-        sop_class=str(meta.MediaStorageSOPClassUID),
-        sop_instance=str(meta.MediaStorageSOPInstanceUID),
-        transfer_syntax=str(meta.TransferSyntaxUID),
-        size=file.stat().st_size,
-    )
-
-
-def ssl_context_for(destination: DestinationConfig, tls: TlsSettings) -> ssl.SSLContext | None:
-    """The client TLS context for ``destination``: ``None`` unless ``destination.tls``."""
-    if not destination.tls:
-        return None
-    from clara_ray.dicom.tls import client_ssl_context  # lazily: only TLS exports need it
-
-    return client_ssl_context(tls)
 
 
 def _keep_responses(assoc: Association) -> None:
@@ -337,8 +130,8 @@ def _keep_responses(assoc: Association) -> None:
 def _check_tls(destination: DestinationConfig, ssl_context: ssl.SSLContext | None) -> None:
     if destination.tls and ssl_context is None:
         raise ValueError(
-            f"{_where(destination)} has tls=True; pass ssl_context "
-            "(see ssl_context_for(destination, settings.dicom.tls))"
+            f"{where(destination)} has tls=True; pass ssl_context "
+            "(the DICOM adapter builds it from dicom.tls)"
         )
 
 
@@ -404,7 +197,7 @@ def _associate(
             raise
     logger.info(
         "%s closed the association request without an answer; asking once more",
-        _where(destination),
+        where(destination),
     )
     return _associate_once(ae, destination, contexts, **options)
 
@@ -508,7 +301,7 @@ def _send_one(
 ) -> int | str:
     """The status of one C-STORE (an int), or a local reason (a str)."""
     pair = (entry.sop_class, entry.transfer_syntax)
-    other = _fallback(entry.transfer_syntax)
+    other = fallback_syntax(entry.transfer_syntax)
     started = time.monotonic()
     try:
         if pair in accepted:
@@ -579,7 +372,7 @@ def _send_plan(
         seconds = time.monotonic() - started
         logger.info(
             "C-STORE to %s: %d sent, %d failed, %.1f MB in %.2f s (%.0f instances/s)%s",
-            _where(destination),
+            where(destination),
             sent,
             failed,
             nbytes / 1e6,
@@ -591,7 +384,7 @@ def _send_plan(
             name, status = result.failed[-failed]
             logger.warning(
                 "C-STORE to %s: %d of %d instances not stored; first: %s: %s",
-                _where(destination),
+                where(destination),
                 failed,
                 len(plan.files),
                 name,
@@ -708,5 +501,5 @@ def echo(
             _join(assoc, timeout)
     finally:
         ae.shutdown()
-    logger.info("C-ECHO to %s: %.1f ms", _where(destination), seconds * 1000)
+    logger.info("C-ECHO to %s: %.1f ms", where(destination), seconds * 1000)
     return seconds
