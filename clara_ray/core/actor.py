@@ -79,19 +79,19 @@ class CoreActor:
 
     def create_pipeline(self, definition: str, source: str = "<api>") -> PipelineRecord:
         with self.service._lock:
-            return self.service.create_pipeline(definition, source)
+            return self.service.pipelines.create_pipeline(definition, source)
 
     def get_pipeline(self, name: str) -> PipelineRecord:
         with self.service._lock:
-            return self.service.get_pipeline(name)
+            return self.service.pipelines.get_pipeline(name)
 
     def list_pipelines(self) -> list[PipelineRecord]:
         with self.service._lock:
-            return self.service.list_pipelines()
+            return self.service.pipelines.list_pipelines()
 
     def delete_pipeline(self, name: str) -> bool:
         with self.service._lock:
-            return self.service.delete_pipeline(name)
+            return self.service.pipelines.delete_pipeline(name)
 
     def register_payload(
         self,
@@ -102,21 +102,21 @@ class CoreActor:
         metadata: Mapping[str, Any] | None = None,
     ) -> PayloadRecord:
         with self.service._lock:
-            return self.service.register_payload(
+            return self.service.payloads.register_payload(
                 payload_id, name=name, source=source, metadata=metadata
             )
 
     def get_payload(self, ref: str) -> PayloadRecord:
         with self.service._lock:
-            return self.service.get_payload(ref)
+            return self.service.payloads.get_payload(ref)
 
     def list_payloads(self) -> list[PayloadRecord]:
         with self.service._lock:
-            return self.service.list_payloads()
+            return self.service.payloads.list_payloads()
 
     def delete_payload(self, ref: str) -> bool:
         with self.service._lock:
-            return self.service.delete_payload(ref)
+            return self.service.payloads.delete_payload(ref)
 
     def create_job(
         self,

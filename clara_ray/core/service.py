@@ -21,7 +21,6 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -34,9 +33,8 @@ from clara_ray.contracts.records import (
     JobState,
     JobStatus,
     OperatorRecord,
-    PayloadRecord,
-    PipelineRecord,
 )
+from clara_ray.core.catalog import PayloadCatalog, PipelineCatalog
 from clara_ray.core.dicom_registry import DicomRegistry
 from clara_ray.core.store import Store
 from clara_ray.errors import ClaraError, ConflictError, NotFoundError
@@ -62,8 +60,9 @@ def _locked(fn: F) -> F:
 
 
 class CoreService:
-    """Pipelines, payloads, jobs and their operators; the DICOM configuration in
-    :attr:`dicom` and the exports in :attr:`exports`."""
+    """Jobs and their operators; the pipelines in :attr:`pipelines`, the payloads in
+    :attr:`payloads`, the DICOM configuration in :attr:`dicom` and the exports in
+    :attr:`exports`."""
 
     def __init__(
         self,
@@ -86,114 +85,10 @@ class CoreService:
         self._launch_seq = 0  # counts finished launches
         self._launched: dict[str, int] = {}  # job id -> _launch_seq when its launch finished
         self._results_cache: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-        self.dicom = DicomRegistry(store, self.get_pipeline)
+        self.pipelines = PipelineCatalog(store, clock)
+        self.payloads = PayloadCatalog(store, storage, clock)
+        self.dicom = DicomRegistry(store, self.pipelines.get_pipeline)
         self.exports = ExportLedger(store, storage, self.dicom.dicom_config, clock)
-
-    # -- pipelines -------------------------------------------------------------
-    @_locked
-    def create_pipeline(self, definition: str, source: str = "<api>") -> PipelineRecord:
-        """Validate and store a pipeline; same name replaces it (version + 1).
-
-        Operator imports are checked by the client that submits the file (its
-        environment, e.g. a ``ray job submit`` working dir, is where they must
-        import), not here.
-        """
-        spec = parse_pipeline(definition, source=source, check_imports=False)
-        now = self._clock()
-        existing = self.store.get_pipeline(spec.name)
-        if existing and existing.definition == definition:
-            return existing
-        rec = PipelineRecord(
-            name=spec.name,
-            pipeline_id=existing.pipeline_id if existing else uuid.uuid4().hex,
-            definition=definition,
-            source=source,
-            version=existing.version + 1 if existing else 1,
-            created_at=existing.created_at if existing else now,
-            updated_at=now,
-            description=spec.description,
-        )
-        self.store.put_pipeline(rec)
-        log.info("pipeline %s stored (version %d)", rec.name, rec.version)
-        return rec
-
-    @_locked
-    def get_pipeline(self, name: str) -> PipelineRecord:
-        rec = self.store.get_pipeline(name)
-        if rec is None:
-            raise NotFoundError(
-                f"pipeline '{name}' does not exist (see `clara-ray list pipelines`)"
-            )
-        return rec
-
-    @_locked
-    def list_pipelines(self) -> list[PipelineRecord]:
-        return self.store.list_pipelines()
-
-    @_locked
-    def delete_pipeline(self, name: str) -> bool:
-        rec = self.get_pipeline(name)
-        return self.store.delete_pipeline(rec.name)
-
-    # -- payloads --------------------------------------------------------------
-    @_locked
-    def register_payload(
-        self,
-        payload_id: str,
-        *,
-        name: str | None = None,
-        source: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> PayloadRecord:
-        """Seal an uploaded payload and record it; a named payload is a reusable dataset."""
-        existing = self.store.get_payload(payload_id)
-        if existing:
-            return existing
-        if name and (other := self.store.find_payload_by_name(name)):
-            raise ConflictError(f"a payload named '{name}' already exists ({other.payload_id})")
-        manifest = self.storage.seal_payload(payload_id)
-        if not manifest.files:
-            raise NotFoundError(
-                f"payload {payload_id} has no files; upload them before registering it"
-            )
-        rec = PayloadRecord(
-            payload_id=payload_id,
-            files=len(manifest.files),
-            bytes=manifest.total_bytes,
-            created_at=self._clock(),
-            name=name,
-            source=source,
-            metadata=dict(metadata or {}),
-        )
-        self.store.put_payload(rec)
-        log.info("payload %s sealed: %d files, %d bytes", payload_id, rec.files, rec.bytes)
-        return rec
-
-    @_locked
-    def get_payload(self, ref: str) -> PayloadRecord:
-        rec = self.store.get_payload(ref) or self.store.find_payload_by_name(ref)
-        if rec is None:
-            raise NotFoundError(f"payload '{ref}' does not exist (see `clara-ray list payloads`)")
-        return rec
-
-    @_locked
-    def list_payloads(self) -> list[PayloadRecord]:
-        return self.store.list_payloads()
-
-    @_locked
-    def delete_payload(self, ref: str) -> bool:
-        rec = self.get_payload(ref)
-        active = [
-            j.job_id
-            for j in self.store.list_jobs()
-            if j.payload_id == rec.payload_id and j.state is not JobState.STOPPED
-        ]
-        if active:
-            raise ConflictError(
-                f"payload {rec.payload_id} is used by unfinished jobs: {', '.join(active)}"
-            )
-        self.storage.delete_payload(rec.payload_id)
-        return self.store.delete_payload(rec.payload_id)
 
     # -- jobs ------------------------------------------------------------------
     @_locked
@@ -212,8 +107,8 @@ class CoreService:
         """Create a job (not yet queued). ``runtime_env`` is the Ray runtime environment
         its runner and operator tasks get (e.g. the working dir of ``ray job submit``)."""
         prio = JobPriority.parse(priority, "priority")
-        pipe = self.get_pipeline(pipeline)
-        payload_rec = self.get_payload(payload)
+        pipe = self.pipelines.get_pipeline(pipeline)
+        payload_rec = self.payloads.get_payload(payload)
         existing = self.store.get_job(job_id)
         if existing:
             if (existing.pipeline, existing.payload_id) != (pipe.name, payload_rec.payload_id):

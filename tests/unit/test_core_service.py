@@ -125,8 +125,8 @@ class Env:
 def env(tmp_path: Path, payload_dir: Path) -> Iterator[Env]:
     e = Env(tmp_path)
     e.storage.upload_payload("pay-1", payload_dir)
-    e.core.register_payload("pay-1", name="study-1", source="test")
-    e.core.create_pipeline(DIAMOND, source="diamond.yaml")
+    e.core.payloads.register_payload("pay-1", name="study-1", source="test")
+    e.core.pipelines.create_pipeline(DIAMOND, source="diamond.yaml")
     yield e
     e.close()
 
@@ -250,70 +250,72 @@ def test_store_persists_across_connections(tmp_path: Path) -> None:
 
 
 def test_create_pipeline_versions(core: CoreService) -> None:
-    first = core.get_pipeline("diamond")
+    first = core.pipelines.get_pipeline("diamond")
     assert first.version == 1
     assert first.source == "diamond.yaml"
     assert first.description == "a -> (b, c) -> d, passing volumes through the object store"
-    assert core.create_pipeline(DIAMOND) == first  # same definition: unchanged
-    second = core.create_pipeline(DIAMOND.replace("amount: 2", "amount: 3"), source="v2.yaml")
+    assert core.pipelines.create_pipeline(DIAMOND) == first  # same definition: unchanged
+    second = core.pipelines.create_pipeline(
+        DIAMOND.replace("amount: 2", "amount: 3"), source="v2.yaml"
+    )
     assert second.version == 2
     assert second.pipeline_id == first.pipeline_id
     assert second.created_at == first.created_at
     assert second.updated_at > first.updated_at
-    assert core.get_pipeline(first.pipeline_id).version == 2
-    assert [p.name for p in core.list_pipelines()] == ["diamond"]
+    assert core.pipelines.get_pipeline(first.pipeline_id).version == 2
+    assert [p.name for p in core.pipelines.list_pipelines()] == ["diamond"]
 
 
 def test_invalid_pipeline_is_refused_and_not_stored(core: CoreService) -> None:
     with pytest.raises(PipelineValidationError, match=r"^bad.yaml: key 'timout': unknown key"):
-        core.create_pipeline(
+        core.pipelines.create_pipeline(
             DIAMOND.replace("parameters:", "timout: 3\nparameters:"), source="bad.yaml"
         )
-    assert core.get_pipeline("diamond").version == 1
+    assert core.pipelines.get_pipeline("diamond").version == 1
 
 
 def test_delete_pipeline(core: CoreService) -> None:
-    assert core.delete_pipeline("diamond") is True
+    assert core.pipelines.delete_pipeline("diamond") is True
     with pytest.raises(NotFoundError, match=r"pipeline 'diamond' does not exist"):
-        core.get_pipeline("diamond")
+        core.pipelines.get_pipeline("diamond")
     with pytest.raises(NotFoundError, match=r"pipeline 'diamond' does not exist"):
-        core.delete_pipeline("diamond")
+        core.pipelines.delete_pipeline("diamond")
 
 
 # -- payloads ---------------------------------------------------------------------------
 
 
 def test_register_payload_seals_and_records(env: Env, core: CoreService) -> None:
-    rec = core.get_payload("pay-1")
+    rec = core.payloads.get_payload("pay-1")
     assert rec.files == 2 and rec.bytes == 1005
     assert rec.name == "study-1" and rec.source == "test"
     assert env.storage.is_sealed("pay-1")
-    assert core.get_payload("study-1") == rec  # by name
-    assert core.register_payload("pay-1", name="other") == rec  # idempotent
-    assert [p.payload_id for p in core.list_payloads()] == ["pay-1"]
+    assert core.payloads.get_payload("study-1") == rec  # by name
+    assert core.payloads.register_payload("pay-1", name="other") == rec  # idempotent
+    assert [p.payload_id for p in core.payloads.list_payloads()] == ["pay-1"]
 
 
 def test_payload_name_is_unique(env: Env, core: CoreService, payload_dir: Path) -> None:
     env.storage.upload_payload("pay-2", payload_dir)
     with pytest.raises(ConflictError, match=r"a payload named 'study-1' already exists \(pay-1\)"):
-        core.register_payload("pay-2", name="study-1")
+        core.payloads.register_payload("pay-2", name="study-1")
     assert not env.storage.is_sealed("pay-2")
 
 
 def test_unknown_payload(core: CoreService) -> None:
     with pytest.raises(NotFoundError, match=r"payload 'nope' does not exist"):
-        core.get_payload("nope")
+        core.payloads.get_payload("nope")
 
 
 def test_delete_payload_in_use_then_free(env: Env, core: CoreService) -> None:
     core.create_job("j1", "diamond", "pay-1")
     with pytest.raises(ConflictError, match=r"payload pay-1 is used by unfinished jobs: j1"):
-        core.delete_payload("study-1")
+        core.payloads.delete_payload("study-1")
     core.cancel_job("j1")
-    assert core.delete_payload("study-1") is True
+    assert core.payloads.delete_payload("study-1") is True
     assert not env.storage.is_sealed("pay-1")
     with pytest.raises(NotFoundError, match="payload 'pay-1' does not exist"):
-        core.get_payload("pay-1")
+        core.payloads.get_payload("pay-1")
 
 
 # -- jobs -------------------------------------------------------------------------------
@@ -622,8 +624,8 @@ def test_state_survives_a_restart(env: Env, core: CoreService) -> None:
     before = core.describe_job("j1")
     new = env.restart()
     assert new.describe_job("j1") == before
-    assert new.get_pipeline("diamond").version == 1
-    assert new.get_payload("study-1").payload_id == "pay-1"
+    assert new.pipelines.get_pipeline("diamond").version == 1
+    assert new.payloads.get_payload("study-1").payload_id == "pay-1"
 
 
 def test_recover_keeps_jobs_whose_runner_is_alive(env: Env, core: CoreService) -> None:
