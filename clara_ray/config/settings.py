@@ -79,6 +79,12 @@ class CoreSettings(_Section):
         description="Run GPU operators on CPU (with a warning) when the cluster has no GPU at "
         "all; turn off on clusters whose GPU workers scale from zero, so jobs wait for them.",
     )
+    event_retention: int = Field(
+        100_000,
+        ge=100,
+        description="State-change events the Core keeps for the event stream "
+        "(GET /api/v1/events); older ones are dropped.",
+    )
     report_retry_seconds: float = Field(
         120.0,
         gt=0,

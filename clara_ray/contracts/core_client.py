@@ -15,6 +15,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from clara_ray.contracts.records import (
+    EventRecord,
     ExportRecord,
     JobRecord,
     PayloadRecord,
@@ -138,8 +139,20 @@ class CoreClient:
     def describe_job(self, job_id: str, *, results: bool = True) -> dict[str, Any]:
         return self._call("describe_job", job_id, results=results)
 
-    def list_jobs(self, state: str | None = None, pipeline: str | None = None) -> list[JobRecord]:
-        return self._call("list_jobs", state, pipeline)
+    def list_jobs(
+        self,
+        state: str | None = None,
+        pipeline: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+    ) -> list[JobRecord]:
+        return self._call("list_jobs", state, pipeline, status, since)
+
+    def list_events(self, after: int = 0, limit: int = 1000) -> list[EventRecord]:
+        return self._call("list_events", after, limit)
+
+    def latest_event_id(self) -> int:
+        return self._call("latest_event_id")
 
     def update_metadata(self, job_id: str, metadata: Mapping[str, str]) -> JobRecord:
         return self._call("update_metadata", job_id, metadata)

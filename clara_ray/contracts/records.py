@@ -10,6 +10,7 @@ from enum import Enum
 from typing import Any, Self
 
 __all__ = [
+    "EventRecord",
     "ExportRecord",
     "ExportState",
     "JobPriority",
@@ -184,6 +185,29 @@ class ExportRecord:
     lease_until: float | None = None
     sent: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+
+@dataclass
+class EventRecord:
+    """One state change of a job, an operator or an export, in the order the Core made them.
+
+    ``event_id`` grows by one per change (an event log a client can resume from);
+    ``subject`` is the job's name, the operator's name or the export's id;
+    ``detail`` holds the rest (a job's pipeline and reason, an operator's attempts and
+    message, an export's destination, attempts and reason).
+    """
+
+    event_id: int
+    at: float
+    kind: str
+    job_id: str
+    subject: str
+    state: str
+    status: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)

@@ -18,6 +18,7 @@ from clara_ray.config.settings import Settings
 from clara_ray.contracts.launcher import RunnerLauncher
 from clara_ray.contracts.placement import CORE_ACTOR_NAME, on_head_node
 from clara_ray.contracts.records import (
+    EventRecord,
     ExportRecord,
     JobRecord,
     PayloadRecord,
@@ -51,6 +52,7 @@ class CoreActor:
             Storage(settings.storage),
             launcher_factory(settings),
             max_concurrent_jobs=settings.core.max_concurrent_jobs,
+            event_retention=settings.core.event_retention,
         )
         self.service.dicom.dicom_seed(settings.dicom)
         self.service.recover()
@@ -150,9 +152,23 @@ class CoreActor:
         with self.service._lock:
             return self.service.describe_job(job_id, results=results)
 
-    def list_jobs(self, state: str | None = None, pipeline: str | None = None) -> list[JobRecord]:
+    def list_jobs(
+        self,
+        state: str | None = None,
+        pipeline: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+    ) -> list[JobRecord]:
         with self.service._lock:
-            return self.service.list_jobs(state, pipeline)
+            return self.service.list_jobs(state, pipeline, status, since)
+
+    def list_events(self, after: int = 0, limit: int = 1000) -> list[EventRecord]:
+        with self.service._lock:
+            return self.service.list_events(after, limit)
+
+    def latest_event_id(self) -> int:
+        with self.service._lock:
+            return self.service.latest_event_id()
 
     def update_metadata(self, job_id: str, metadata: Mapping[str, str]) -> JobRecord:
         with self.service._lock:

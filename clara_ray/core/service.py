@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from clara_ray.contracts.launcher import LaunchUnconfirmed, RunnerLauncher
 from clara_ray.contracts.records import (
+    EventRecord,
     ExportRecord,
     JobPriority,
     JobRecord,
@@ -71,12 +72,14 @@ class CoreService:
         launcher: RunnerLauncher,
         *,
         max_concurrent_jobs: int = 4,
+        event_retention: int = 100_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.storage = storage
         self.launcher = launcher
         self.max_concurrent_jobs = max_concurrent_jobs
+        self.event_retention = event_retention
         self._clock = clock
         self._lock = threading.RLock()
         self._launches: queue.Queue[str] = queue.Queue(maxsize=_LAUNCH_QUEUE_SIZE)
@@ -178,9 +181,34 @@ class CoreService:
         return [dict(entry) for entry in listing]
 
     @_locked
-    def list_jobs(self, state: str | None = None, pipeline: str | None = None) -> list[JobRecord]:
+    def list_jobs(
+        self,
+        state: str | None = None,
+        pipeline: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+    ) -> list[JobRecord]:
+        """Jobs in creation order; ``since``: created at or after (epoch seconds)."""
         st = JobState.parse(state, "state") if state else None
-        return self.store.list_jobs(st, pipeline)
+        wanted = JobStatus.parse(status, "status") if status else None
+        return [
+            job
+            for job in self.store.list_jobs(st, pipeline)
+            if (wanted is None or job.status is wanted)
+            and (since is None or job.created_at >= since)
+        ]
+
+    # -- events ----------------------------------------------------------------
+    @_locked
+    def list_events(self, after: int = 0, limit: int = 1000) -> list[EventRecord]:
+        """State changes after event ``after``, oldest first, at most ``limit`` (1 to 10000)."""
+        if not 1 <= limit <= 10_000:
+            raise ValueError(f"limit must be between 1 and 10000, got {limit}")
+        return self.store.list_events(after, limit)
+
+    @_locked
+    def latest_event_id(self) -> int:
+        return self.store.latest_event_id()
 
     @_locked
     def update_metadata(self, job_id: str, metadata: Mapping[str, str]) -> JobRecord:
@@ -315,12 +343,14 @@ class CoreService:
         recorded Running that it definitely does not hold is started again if none of
         its operators had started, else faulted; when the answer is unknown, nothing is
         decided.  A run the Core does not hold Running is canceled.  Healthy jobs whose
-        exports were never recorded get them now.
+        exports were never recorded get them now.  Events beyond the newest
+        ``event_retention`` are dropped.
         """
         with self._lock:
             asked_at = self._launch_seq
         alive = self.launcher.running_jobs()
         with self._lock:
+            self.store.prune_events(self.event_retention)
             self._record_missing_exports()
             if alive is not None:
                 self._reconcile(alive, asked_at)

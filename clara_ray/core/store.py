@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from clara_ray.contracts.records import (
+    EventRecord,
     ExportRecord,
     ExportState,
     JobPriority,
@@ -63,6 +64,12 @@ class Store(Protocol):
     def list_exports(
         self, job_id: str | None = None, states: tuple[str, ...] | None = None
     ) -> list[ExportRecord]: ...
+    def list_events(self, after: int = 0, limit: int = 1000) -> list[EventRecord]: ...
+    def latest_event_id(self) -> int: ...
+    def prune_events(self, keep: int) -> int:
+        """Drop all but the newest ``keep`` events; how many were dropped."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -94,7 +101,43 @@ CREATE TABLE IF NOT EXISTS exports (
     attempts INTEGER NOT NULL, reason TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL,
     next_attempt_at REAL NOT NULL, lease_until REAL, sent INTEGER NOT NULL, details TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS exports_job ON exports(job_id);
+CREATE TABLE IF NOT EXISTS events (
+    event_id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL,
+    job_id TEXT NOT NULL, subject TEXT NOT NULL, state TEXT NOT NULL, status TEXT,
+    detail TEXT NOT NULL);
 """
+
+
+def _event_triggers() -> str:
+    """Triggers that journal every state change of a job, an operator or an export into
+    ``events`` in the transaction that makes it: the log misses none and holds them in
+    commit order."""
+    now = "(julianday('now') - 2440587.5) * 86400.0"
+    journaled = (  # table, kind, subject, status, watched columns, detail
+        ("jobs", "job", "name", "NEW.status", ("state", "status"),
+         "'pipeline', NEW.pipeline, 'priority', NEW.priority, 'reason', NEW.reason"),
+        ("operators", "operator", "name", "NEW.status", ("state", "status", "attempts"),
+         "'attempts', NEW.attempts, 'node_ip', NEW.node_ip, 'message', NEW.message"),
+        ("exports", "export", "export_id", "NULL", ("state", "attempts"),
+         "'destination', NEW.destination, 'attempts', NEW.attempts, 'sent', NEW.sent, "
+         "'reason', NEW.reason"),
+    )  # fmt: skip
+    sql = []
+    for table, kind, subject, status, watched, detail in journaled:
+        insert = (
+            f"INSERT INTO events (at, kind, job_id, subject, state, status, detail) VALUES "
+            f"({now}, '{kind}', NEW.job_id, NEW.{subject}, NEW.state, {status}, "
+            f"json_object({detail}));"
+        )
+        changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in watched)
+        sql.append(
+            f"CREATE TRIGGER IF NOT EXISTS {table}_inserted AFTER INSERT ON {table} "
+            f"BEGIN {insert} END;\n"
+            f"CREATE TRIGGER IF NOT EXISTS {table}_changed AFTER UPDATE OF {', '.join(watched)} "
+            f"ON {table} WHEN {changed} BEGIN {insert} END;\n"
+        )
+    return "".join(sql)
+
 
 _JOB_COLUMNS = (
     "job_id",
@@ -161,7 +204,7 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._migrate()
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_SCHEMA + _event_triggers())
 
     def _migrate(self) -> None:
         """Bring a database written by an earlier version up to this schema.
@@ -442,3 +485,21 @@ class SQLiteStore:
             sql += f" AND state IN ({', '.join('?' * len(states))})"
             params.extend(states)
         return [self._export(r) for r in self._read(sql + " ORDER BY seq", tuple(params))]
+
+    # -- events ----------------------------------------------------------------
+    def list_events(self, after: int = 0, limit: int = 1000) -> list[EventRecord]:
+        rows = self._read(
+            "SELECT * FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?", (after, limit)
+        )
+        return [EventRecord(**{**dict(r), "detail": json.loads(r["detail"])}) for r in rows]
+
+    def latest_event_id(self) -> int:
+        """The newest event's id (0 when none); it never goes back, pruned or not."""
+        rows = self._read("SELECT seq FROM sqlite_sequence WHERE name='events'")
+        return int(rows[0]["seq"]) if rows else 0
+
+    def prune_events(self, keep: int) -> int:
+        return self._write(
+            "DELETE FROM events WHERE event_id <= (SELECT MAX(event_id) FROM events) - ?",
+            (keep,),
+        )
