@@ -5,19 +5,20 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= $(HOME)/.clara-ray
 SAMPLE := $(DATA)/sample-study
-PEERS  := dcmtk dicom3tools orthanc openssl
+PEERS  := dcmtk dicom3tools orthanc openssl chromium
 
 .PHONY: setup peers run stop test test-unit bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,ai,triton]'
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install -q -e '.[dev,ai,triton]'
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-# Real DICOM peers the tests talk to (Debian packages); installed only when missing.
+# Real peers the tests talk to (Debian packages: DICOM tools, Orthanc, the browser that
+# Playwright drives); installed only when missing.
 peers:
 	@missing=""; for p in $(PEERS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -6,7 +6,7 @@ import importlib
 import json
 from pathlib import Path
 
-BENCHMARKS = ("handoff", "pipelines", "dicom_ingest", "inference")
+BENCHMARKS = ("handoff", "pipelines", "dicom_ingest", "inference", "render")
 
 
 def main() -> None:
