@@ -108,7 +108,8 @@ def _register_reference_pipelines(client: PlatformClient) -> list[str]:
 
 
 def up(settings: Settings) -> dict[str, Any]:
-    """Start what is missing (local Ray head, Core actor, HTTP API) and return the status."""
+    """Start what is missing (local Ray head, Core actor, DICOM adapter, render server, HTTP
+    API) and return the status."""
     token = None
     if settings.ray.address == "local":
         token = auth_token.ensure_local_token()
@@ -126,6 +127,10 @@ def up(settings: Settings) -> dict[str, Any]:
         from clara_ray.dicom.actors import get_or_create_adapter
 
         ray.get(get_or_create_adapter(settings).status.remote(), timeout=120)
+    if settings.render.enabled:
+        from clara_ray.render.actor import get_or_create_render
+
+        ray.get(get_or_create_render(settings).ping.remote(), timeout=120)
     if settings.serve.enabled:
         from clara_ray.serving import deploy_api
 

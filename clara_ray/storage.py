@@ -112,6 +112,10 @@ class Storage:
             parts.append(_clean_relative(operator))
         return self._path(*parts)
 
+    def view_settings_path(self, job_id: str, volume: str) -> str:
+        """Where the render server keeps a volume's saved view (``views/<job>/<volume>.json``)."""
+        return self._path("views", _clean_relative(job_id), _clean_relative(volume) + ".json")
+
     def local_path(self, path: str) -> Path | None:
         """The OS path for ``path`` when storage is local, else None."""
         return Path(path) if self.is_local else None

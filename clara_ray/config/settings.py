@@ -117,6 +117,24 @@ class ServeSettings(_Section):
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of Ray Serve's proxy.")
 
 
+class RenderSettings(_Section):
+    enabled: bool = Field(True, description="Start the render server (`clara-render`) with `up`.")
+    cache_mb: int = Field(
+        2048, ge=16, description="Memory for volumes kept between views (LRU, in MiB)."
+    )
+    image_cache_mb: int = Field(
+        128, ge=0, description="Memory for encoded views kept for repeated requests (MiB)."
+    )
+    num_cpus: float = Field(
+        0.0, ge=0, description="CPUs reserved by the render server (its threads run anyway)."
+    )
+    num_gpus: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs for the render server; with one, views are computed with cupy.",
+    )
+
+
 class Settings(_Section):
     data_dir: Path = Field(
         Path("~/.clara-ray"),
@@ -137,6 +155,7 @@ class Settings(_Section):
     ray: RaySettings = Field(default_factory=RaySettings)
     core: CoreSettings = Field(default_factory=CoreSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    render: RenderSettings = Field(default_factory=RenderSettings)
     dicom: DicomSettings = Field(
         default_factory=DicomSettings, description="The DICOM adapter (listener, export, seeds)."
     )

@@ -6,9 +6,10 @@ from typing import Any
 
 import ray
 
-__all__ = ["CORE_ACTOR_NAME", "on_head_node"]
+__all__ = ["CORE_ACTOR_NAME", "RENDER_ACTOR_NAME", "on_head_node"]
 
 CORE_ACTOR_NAME = "clara-core"
+RENDER_ACTOR_NAME = "clara-render"
 
 
 def on_head_node() -> dict[str, Any]:

@@ -1,8 +1,7 @@
 """Where a job's volumes come from: its payload's image series and its label-map results.
 
 A job shows every positioned image series of its payload (``series-1``,
-``series-2``, ... in the payload's file order; read headers first, pixels only
-when a view asks) and every NRRD label map in its results (named
+``series-2``, ... in the payload's file order, found by their headers) and every NRRD label map in its results (named
 ``<operator>.<file stem>``, e.g. ``label-map.labels``, with the segment names of
 the legend written beside it).  A label map overlays the image series whose
 grid it shares (same shape, origin and axes within a tenth of a voxel).
