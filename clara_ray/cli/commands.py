@@ -196,7 +196,7 @@ def cancel_job(args: argparse.Namespace) -> int:
 
 
 def list_jobs(args: argparse.Namespace) -> int:
-    recs = _client(args).core.list_jobs(args.state, args.pipeline)
+    recs = _client(args).core.list_jobs(args.state, args.pipeline, args.status)
     emit(
         args.json,
         [r.to_dict() for r in recs],

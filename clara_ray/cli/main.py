@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(lst, "payloads", commands.list_payloads, "list payloads")
     p = _add(lst, "jobs", commands.list_jobs, "list jobs")
     p.add_argument("--state", choices=["Pending", "Running", "Stopped"])
+    p.add_argument("--status", choices=["Healthy", "Faulted", "Canceled", "Evicted", "Timeout"])
     p.add_argument("--pipeline")
 
     describe = verb("describe", "show one pipeline or job in full")
