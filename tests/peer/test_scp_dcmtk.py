@@ -26,7 +26,6 @@ from pydicom.uid import (
 from pynetdicom import AE, _config
 
 from clara_ray.config.dicom import AeTitleConfig
-from clara_ray.dicom import spool as spool_module
 from clara_ray.dicom.spool import Spool
 from clara_ray.dicom.tls import client_ssl_context, server_ssl_context
 from clara_ray.errors import ConfigError
@@ -507,9 +506,7 @@ def test_association_durability_syncs_once_before_the_release(
             "sync",
             lambda: (syncs.append(_instances_and_active(running)), real_sync()),
         )
-        monkeypatch.setattr(
-            spool_module.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))
-        )
+        monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
         done = dcmtk("storescu", "-aec", "CLARA", "+sd", "127.0.0.1", str(running.port),
                      tmp_path / "study")  # fmt: skip
         assert done.returncode == 0, done.stdout

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from clara_ray.dicom import spool as spool_module
 from clara_ray.dicom.part10 import file_preamble_and_meta
-from clara_ray.dicom.spool import ClosingGroup, GroupHolds, Spool, aet_folder
+from clara_ray.dicom.spool import ClosingGroup, GroupHolds, Spool
+from clara_ray.dicom.spool import store as store_module
+from clara_ray.dicom.spool.names import aet_folder
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +85,7 @@ def test_a_store_that_is_not_durable_fsyncs_nothing_until_sync(
     spool.store("CLARA", "study", STUDY, "1.2.3.0", _blob(0))  # creates the group's folders
     calls: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(spool_module.os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
     assert spool.store("CLARA", "study", STUDY, "1.2.3.1", _blob(1), durable=False) is True
     assert calls == []
     assert spool.store("CLARA", "study", STUDY, "1.2.3.2", _blob(2)) is True
@@ -201,7 +202,7 @@ def test_writer_whose_folder_is_closed_mid_store_stores_again(
     spool.store("CLARA", "study", STUDY, "1.2.3.0", _blob(0))
     (group,) = spool.open_groups()
     closed: list[ClosingGroup] = []
-    real_write_temp = spool_module._write_temp
+    real_write_temp = store_module.write_temp
 
     def write_then_close(dfd: int, name: str, data: bytes, durable: bool) -> str:
         temp = real_write_temp(dfd, name, data, durable)
@@ -211,7 +212,7 @@ def test_writer_whose_folder_is_closed_mid_store_stores_again(
             closed.append(closing)
         return temp
 
-    monkeypatch.setattr(spool_module, "_write_temp", write_then_close)
+    monkeypatch.setattr(store_module, "write_temp", write_then_close)
     assert spool.store("CLARA", "study", STUDY, "1.2.3.1", _blob(1)) is True
     (reopened,) = spool.open_groups()
     assert [p.name for p in spool.files(reopened.path)] == ["1.2.3.1.dcm"]

@@ -1,27 +1,31 @@
-"""The acceptor association of the Storage SCP and the record its log line is built from.
+"""The acceptor association of the Storage SCP, the record its log line is built from,
+and :class:`ScpHost`: what the layers need from their Storage SCP.
 
 :class:`ScpAssociation` only adds what the layers (:mod:`.transport`,
-:mod:`.acse`, :mod:`.tuning`) need to reach their :class:`StorageScp`; the
-request handler in :mod:`.transport` installs those layers.
+:mod:`.acse`, :mod:`.tuning`) need to reach their :class:`~.storage.StorageScp`;
+the request handler in :mod:`.transport` installs those layers.  They reach it as
+an :class:`ScpHost` (which it satisfies structurally), so none of them imports
+:mod:`.storage`, which imports them all.  ``ScpHost`` lives here because its
+methods take the association, and every layer imports this module already.
 """
 
 from __future__ import annotations
 
+import socket
+import ssl
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from pynetdicom import AE
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
 
-from clara_ray.config.dicom import AeTitleConfig
+from clara_ray.config.dicom import AeTitleConfig, DicomSettings
 from clara_ray.dicom.policy import Rejection
-from clara_ray.dicom.spool import GroupHolds
+from clara_ray.dicom.spool import GroupHolds, TempFile
 
-if TYPE_CHECKING:
-    from clara_ray.dicom.scp.storage import StorageScp
-
-__all__ = ["AssociationRecord", "ScpAssociation"]
+__all__ = ["AssociationRecord", "ScpAssociation", "ScpHost", "StreamOpener"]
 
 
 @dataclass
@@ -45,10 +49,42 @@ class AssociationRecord:
     holds: GroupHolds = field(default_factory=GroupHolds)  # groups stored into, held open
 
 
-class ScpAssociation(Association):
-    """An acceptor association that knows its StorageScp and reports its end."""
+class StreamOpener(Protocol):
+    """Opens the spool temp file of an arriving C-STORE data set (``StoreHandler``)."""
 
-    def __init__(self, ae: AE, scp: StorageScp, record: AssociationRecord) -> None:
+    def open_stream(self, assoc: ScpAssociation, request: C_STORE_RQ) -> tuple[TempFile, bytes]: ...
+
+
+class ScpHost(Protocol):
+    """What the transport, ACSE, DUL/DIMSE layers and the association need from the
+    Storage SCP that serves them."""
+
+    @property
+    def settings(self) -> DicomSettings: ...
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None: ...
+    @property
+    def pdu_bound(self) -> int: ...
+    @property
+    def max_instance(self) -> int: ...
+    @property
+    def handler(self) -> StreamOpener: ...
+
+    def _hand_off(self, sock: socket.socket, address: Any) -> bool: ...
+    def _connected(self, sock: Any) -> None: ...
+    def _attach(self, sock: Any, assoc: ScpAssociation) -> None: ...
+    def _forget(self, sock: Any) -> None: ...
+    def _tls_failed(self, sock: Any, address: Any, exc: Exception) -> None: ...
+    def _pdu_refused(self, assoc: ScpAssociation, declared: int, limit: int) -> None: ...
+    def _admit(self, assoc: ScpAssociation, called: str, calling: str) -> Rejection | None: ...
+    def _sync(self, assoc: ScpAssociation) -> bool: ...
+    def _finished(self, assoc: ScpAssociation) -> None: ...
+
+
+class ScpAssociation(Association):
+    """An acceptor association that knows its Storage SCP and reports its end."""
+
+    def __init__(self, ae: AE, scp: ScpHost, record: AssociationRecord) -> None:
         super().__init__(ae, MODE_ACCEPTOR)
         self.scp = scp
         self.record = record

@@ -29,7 +29,7 @@ from clara_ray.config.dicom import DicomConfig, DicomSettings
 from clara_ray.dicom.balance import ConnectionBalancer
 from clara_ray.dicom.policy import Rejection, decide
 from clara_ray.dicom.receive import StreamedDataset
-from clara_ray.dicom.scp.association import ScpAssociation
+from clara_ray.dicom.scp.association import ScpAssociation, ScpHost
 from clara_ray.dicom.scp.contexts import supported_contexts
 from clara_ray.dicom.scp.handlers import StoreHandler
 from clara_ray.dicom.scp.transport import ScpRequestHandler, Server, shutdown
@@ -113,6 +113,7 @@ class StorageScp:
         # associations ourselves (decide()) and bound idle connections separately.
         ae.maximum_associations = 1_000_000
         ae.require_called_aet = False
+        host: ScpHost = self  # the layers reach this SCP as an ScpHost: mypy checks it is one
         server = cast(
             Server,
             ae.make_server(
@@ -125,7 +126,7 @@ class StorageScp:
                 ],
                 server_class=Server,
                 request_handler=ScpRequestHandler,
-                scp=self,
+                scp=host,
             ),
         )
         for event, handler in (

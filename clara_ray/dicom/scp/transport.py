@@ -13,17 +13,14 @@ import logging
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from clara_ray.dicom.scp.acse import PolicyAcse
-from clara_ray.dicom.scp.association import AssociationRecord, ScpAssociation
+from clara_ray.dicom.scp.association import AssociationRecord, ScpAssociation, ScpHost
 from clara_ray.dicom.scp.tuning import AdaptiveDul, PromptDimse
-
-if TYPE_CHECKING:
-    from clara_ray.dicom.scp.storage import StorageScp
 
 __all__ = ["GuardedSocket", "ScpRequestHandler", "Server", "shutdown"]
 
@@ -116,7 +113,7 @@ class Server(ThreadedAssociationServer):
     block_on_close = False
     request_queue_size = 128
 
-    def __init__(self, *args: Any, scp: StorageScp, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, scp: ScpHost, **kwargs: Any) -> None:
         self.scp = scp
         super().__init__(*args, **kwargs)
 
