@@ -12,7 +12,7 @@ def core_verb(core: CoreService, name: str) -> Callable[..., Any]:
     """The Core verb ``name`` of an in-process Core, as the Core actor serves it: the
     service's own, its export ledger's or its DICOM registry's."""
     if not name.startswith("_"):
-        for owner in (core, core.pipelines, core.payloads, core.dicom, core.exports):
+        for owner in (core, core.pipelines, core.payloads, core.dicom, core.exports, core.events):
             verb = getattr(owner, name, None)
             if callable(verb):
                 return verb

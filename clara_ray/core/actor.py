@@ -164,11 +164,11 @@ class CoreActor:
 
     def list_events(self, after: int = 0, limit: int = 1000) -> list[EventRecord]:
         with self.service._lock:
-            return self.service.list_events(after, limit)
+            return self.service.events.list_events(after, limit)
 
     def latest_event_id(self) -> int:
         with self.service._lock:
-            return self.service.latest_event_id()
+            return self.service.events.latest_event_id()
 
     def update_metadata(self, job_id: str, metadata: Mapping[str, str]) -> JobRecord:
         with self.service._lock:

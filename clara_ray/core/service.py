@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 
 from clara_ray.contracts.launcher import LaunchUnconfirmed, RunnerLauncher
 from clara_ray.contracts.records import (
-    EventRecord,
     ExportRecord,
     JobPriority,
     JobRecord,
@@ -37,6 +36,7 @@ from clara_ray.contracts.records import (
 )
 from clara_ray.core.catalog import PayloadCatalog, PipelineCatalog
 from clara_ray.core.dicom_registry import DicomRegistry
+from clara_ray.core.events import EventLog
 from clara_ray.core.store import Store
 from clara_ray.errors import ClaraError, ConflictError, NotFoundError
 from clara_ray.export.ledger import ExportLedger
@@ -62,8 +62,8 @@ def _locked(fn: F) -> F:
 
 class CoreService:
     """Jobs and their operators; the pipelines in :attr:`pipelines`, the payloads in
-    :attr:`payloads`, the DICOM configuration in :attr:`dicom` and the exports in
-    :attr:`exports`."""
+    :attr:`payloads`, the DICOM configuration in :attr:`dicom`, the exports in
+    :attr:`exports` and the log of state changes in :attr:`events`."""
 
     def __init__(
         self,
@@ -92,6 +92,7 @@ class CoreService:
         self.payloads = PayloadCatalog(store, storage, clock)
         self.dicom = DicomRegistry(store, self.pipelines.get_pipeline)
         self.exports = ExportLedger(store, storage, self.dicom.dicom_config, clock)
+        self.events = EventLog(store)
 
     # -- jobs ------------------------------------------------------------------
     @_locked
@@ -197,18 +198,6 @@ class CoreService:
             if (wanted is None or job.status is wanted)
             and (since is None or job.created_at >= since)
         ]
-
-    # -- events ----------------------------------------------------------------
-    @_locked
-    def list_events(self, after: int = 0, limit: int = 1000) -> list[EventRecord]:
-        """State changes after event ``after``, oldest first, at most ``limit`` (1 to 10000)."""
-        if not 1 <= limit <= 10_000:
-            raise ValueError(f"limit must be between 1 and 10000, got {limit}")
-        return self.store.list_events(after, limit)
-
-    @_locked
-    def latest_event_id(self) -> int:
-        return self.store.latest_event_id()
 
     @_locked
     def update_metadata(self, job_id: str, metadata: Mapping[str, str]) -> JobRecord:

@@ -41,7 +41,7 @@ def test_a_job_s_life_is_logged_in_order_once_per_change(env: Env) -> None:
     with_export_manifest(env, "j1")
     core.update_metadata("j1", {"ward": "4"})  # no state change: no event
     core.job_stopped("j1", "Healthy")
-    events = core.list_events()
+    events = core.events.list_events()
     assert [e.event_id for e in events] == sorted(e.event_id for e in events)
     assert len({e.event_id for e in events}) == len(events)
     jobs = [(e.state, e.status) for e in events if e.kind == "job"]
@@ -60,18 +60,18 @@ def test_a_job_s_life_is_logged_in_order_once_per_change(env: Env) -> None:
 def test_events_resume_after_an_id_and_page_by_limit(env: Env) -> None:
     core = env.core
     queue(core, "j1")
-    first = core.list_events()
-    latest = core.latest_event_id()
+    first = core.events.list_events()
+    latest = core.events.latest_event_id()
     assert latest == first[-1].event_id
     core.cancel_job("j1")
-    newer = core.list_events(after=latest)
+    newer = core.events.list_events(after=latest)
     assert newer and all(e.event_id > latest for e in newer)
     assert ("job", "j1", "Stopped", "Canceled") in [
         (e.kind, e.job_id, e.state, e.status) for e in newer
     ]
-    assert core.list_events(after=latest, limit=1) == newer[:1]
+    assert core.events.list_events(after=latest, limit=1) == newer[:1]
     with pytest.raises(ValueError, match="limit must be between 1 and 10000, got 0"):
-        core.list_events(limit=0)
+        core.events.list_events(limit=0)
 
 
 def test_a_rolled_back_change_leaves_no_event(tmp_path: Path) -> None:
@@ -90,13 +90,13 @@ def test_pruning_keeps_the_newest_and_ids_never_go_back(env: Env) -> None:
     core = env.core
     for n in range(3):
         queue(core, f"j{n}")
-    latest = core.latest_event_id()
+    latest = core.events.latest_event_id()
     assert core.store.prune_events(keep=2) == latest - 2
-    assert [e.event_id for e in core.list_events()] == [latest - 1, latest]
+    assert [e.event_id for e in core.events.list_events()] == [latest - 1, latest]
     restarted: CoreService = env.restart()
-    assert restarted.latest_event_id() == latest
+    assert restarted.events.latest_event_id() == latest
     restarted.cancel_job("j0")
-    assert restarted.list_events()[-1].event_id > latest
+    assert restarted.events.list_events()[-1].event_id > latest
 
 
 def test_jobs_are_filtered_by_status_and_creation_time(env: Env) -> None:

@@ -10,6 +10,7 @@ from clara_ray.contracts.core_client import CoreClient
 from clara_ray.core.actor import CoreActor
 from clara_ray.core.catalog import PayloadCatalog, PipelineCatalog
 from clara_ray.core.dicom_registry import DicomRegistry
+from clara_ray.core.events import EventLog
 from clara_ray.core.service import CoreService
 from clara_ray.export.ledger import ExportLedger
 
@@ -38,7 +39,7 @@ def _public(cls: type, leave_out: frozenset[str] = frozenset()) -> dict[str, ins
 
 def test_actor_service_and_client_have_the_same_verbs_with_the_same_parameters() -> None:
     service = _public(CoreService, _SERVICE_INTERNAL)
-    for part in (PipelineCatalog, PayloadCatalog, DicomRegistry, ExportLedger):
+    for part in (PipelineCatalog, PayloadCatalog, DicomRegistry, ExportLedger, EventLog):
         verbs = _public(part, _SERVICE_INTERNAL)
         assert not verbs.keys() & service.keys(), f"{part.__name__} repeats a verb"
         service |= verbs
