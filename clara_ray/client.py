@@ -23,7 +23,7 @@ from clara_ray.errors import ClaraError, NotFoundError, PlatformNotRunningError
 from clara_ray.pipeline import load_pipeline
 from clara_ray.storage import FileEntry, Storage
 
-__all__ = ["PlatformClient", "call_actor"]
+__all__ = ["PlatformClient", "call_actor", "upload_payload"]
 
 Progress = Callable[[int], None]
 
@@ -37,6 +37,25 @@ def call_actor(actor: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         if isinstance(exc.cause, ClaraError):
             raise exc.cause from None
         raise
+
+
+def upload_payload(
+    storage: Storage,
+    core: CoreClient,
+    source: Path,
+    *,
+    name: str | None = None,
+    origin: str | None = None,
+    progress: Progress | None = None,
+) -> PayloadRecord:
+    """Copy the files below ``source`` (or the file itself) into storage as a new payload and
+    register it with the Core, which seals it.  ``origin`` is recorded as the payload's
+    source (default: the resolved path of ``source``)."""
+    payload_id = uuid.uuid4().hex
+    storage.upload_payload(payload_id, Path(source), progress)
+    return core.register_payload(
+        payload_id, name=name, source=origin or str(Path(source).resolve())
+    )
 
 
 def _job_runtime_env() -> dict[str, Any]:
@@ -91,9 +110,7 @@ class PlatformClient:
     def upload_payload(
         self, source: str | Path, *, name: str | None = None, progress: Progress | None = None
     ) -> PayloadRecord:
-        payload_id = uuid.uuid4().hex
-        self.storage.upload_payload(payload_id, Path(source), progress)
-        return self.core.register_payload(payload_id, name=name, source=str(Path(source).resolve()))
+        return upload_payload(self.storage, self.core, Path(source), name=name, progress=progress)
 
     def resolve_payload(self, ref: str, progress: Progress | None = None) -> str:
         """A payload id; a folder is uploaded as a new payload first."""

@@ -2,26 +2,70 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Any
 
-from clara_ray.config.settings import Settings
+from clara_ray.config.settings import ServeSettings, Settings
+from clara_ray.errors import ConfigError
 
-__all__ = ["API_APP_NAME", "INFERENCE_APP_NAME", "deploy_api", "serve_status"]
+__all__ = [
+    "API_APP_NAME",
+    "INFERENCE_APP_NAME",
+    "check_bind",
+    "deploy_api",
+    "is_loopback",
+    "serve_status",
+]
 
 API_APP_NAME = "clara-api"
 INFERENCE_APP_NAME = "clara-inference"
 log = logging.getLogger(__name__)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1) or ``localhost``.
+
+    Any other name or address (``0.0.0.0``, ``::``, a LAN address, a host name) may be
+    reachable from other machines.
+    """
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def check_bind(serve_settings: ServeSettings) -> None:
+    """Refuse to serve HTTP beyond this machine without an API token (ConfigError)."""
+    if serve_settings.api_token is None and not is_loopback(serve_settings.host):
+        raise ConfigError(
+            f"key 'serve.host' is {serve_settings.host!r}, an address other machines can "
+            "reach, and no API token is set: the API would give anyone on the network the "
+            "platform's patient data, so it does not start (as Orthanc refuses remote access "
+            "without authentication). Set serve.api_token in the settings file or "
+            "CLARA_RAY_SERVE__API_TOKEN (e.g. `openssl rand -hex 32`), or bind serve.host "
+            "to 127.0.0.1"
+        )
+
+
 def deploy_api(settings: Settings) -> None:
-    """Start Serve's HTTP proxy on the configured port and run the API app (idempotent)."""
+    """Start Serve's HTTP proxy on the configured port and run the API app (idempotent).
+
+    Refuses (ConfigError) a non-loopback ``serve.host`` without ``serve.api_token``.
+    """
+    check_bind(settings.serve)
     from ray import serve
     from ray._common.utils import import_attr
 
     serve.start(http_options={"host": settings.serve.host, "port": settings.serve.port})
     builder = import_attr(settings.serve.app)
-    app = builder({"settings": settings.model_dump(mode="json")})
+    app = builder({"settings": settings})
     serve.run(app, name=API_APP_NAME, route_prefix="/", blocking=False)
     log.info("HTTP API deployed at http://%s:%d/", settings.serve.host, settings.serve.port)
     repository = settings.serve.model_repository.expanduser().resolve()
@@ -31,6 +75,7 @@ def deploy_api(settings: Settings) -> None:
                 "model_repository": str(repository),
                 "skip_invalid_models": True,
                 "num_cpus": settings.serve.inference_cpus,
+                "api_token": settings.serve.api_token,
             }
         )
         serve.run(inference, name=INFERENCE_APP_NAME, route_prefix="/v2", blocking=False)

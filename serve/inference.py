@@ -21,7 +21,9 @@ counted in rows, autoscaling from the arguments, ``check_health``.  The FastAPI
 ingress decodes and validates requests, then calls the model deployments
 through DeploymentHandles; pipelines skip the ingress and call the same
 deployments through :class:`clara_ray.inference.clients.ServeClient`.
-The arguments are :class:`serve.inference_args.InferenceAppArgs`.
+The arguments are :class:`serve.inference_args.InferenceAppArgs`, plus the API token
+(:class:`InferenceAppAuthArgs`): with one, every route but ``/v2/health/live`` and
+``/v2/health/ready`` needs ``Authorization: Bearer <token>`` (:mod:`serve.auth`).
 """
 
 import asyncio
@@ -32,11 +34,13 @@ from typing import Any
 import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import Field, SecretStr
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from clara_ray.config.settings import load_settings
 from clara_ray.inference.clients import deployment_name
 from clara_ray.inference.errors import (
     InferenceError,
@@ -60,10 +64,11 @@ from clara_ray.inference.repository import ModelEntry, ModelRepository
 from clara_ray.inference.tensors import Tensor
 from clara_ray.inference.validate import validate_request
 from clara_ray.phi import keep_patient_data_out_of_logs
+from serve.auth import BearerAuth
 from serve.inference_args import InferenceAppArgs, ModelPlan, batch_settings, resolve_repository
 from serve.model_deployment import ModelDeployment
 
-__all__ = ["APP_NAME", "ROUTE_PREFIX", "InferenceIngress", "build_app"]
+__all__ = ["APP_NAME", "ROUTE_PREFIX", "InferenceAppAuthArgs", "InferenceIngress", "build_app"]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +98,16 @@ class _RootPath:
 api = FastAPI(
     title="clara-ray inference (KServe v2)", docs_url=None, redoc_url=None, openapi_url=None
 )
+
+
+def _replica_token() -> SecretStr | None:
+    """The token of the ingress replica serving the request."""
+    ingress: InferenceIngress = serve.get_replica_context().servable_object  # type: ignore[assignment]
+    return ingress.api_token
+
+
 api.add_middleware(_RootPath)
+api.add_middleware(BearerAuth, token=_replica_token, error_key="error")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -151,12 +165,17 @@ class InferenceIngress:
     """The KServe v2 HTTP routes over the model deployments."""
 
     def __init__(
-        self, entries: dict[str, ModelEntry], handles: dict[str, Any], max_request_bytes: int
+        self,
+        entries: dict[str, ModelEntry],
+        handles: dict[str, Any],
+        max_request_bytes: int,
+        api_token: SecretStr | None = None,
     ) -> None:
         keep_patient_data_out_of_logs()
         self.entries = entries
         self.handles = handles
         self.max_request_bytes = max_request_bytes
+        self.api_token = api_token
         self.metrics = InferenceMetrics()
 
     def _entry(self, name: str) -> ModelEntry:
@@ -288,6 +307,23 @@ class InferenceIngress:
 # --------------------------------------------------------------------------- builder
 
 
+class InferenceAppAuthArgs(InferenceAppArgs):
+    """:class:`InferenceAppArgs` and the token the routes require (``clara-ray up`` passes
+    ``serve.api_token``)."""
+
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token every route but /v2/health/* requires; when not given, "
+        "the platform settings' serve.api_token ($CLARA_RAY_CONFIG, CLARA_RAY_SERVE__API_TOKEN).",
+    )
+
+
+def _api_token(args: InferenceAppArgs) -> SecretStr | None:
+    if isinstance(args, InferenceAppAuthArgs) and "api_token" in args.model_fields_set:
+        return args.api_token
+    return load_settings().serve.api_token
+
+
 def _model_app(plan: ModelPlan, args: InferenceAppArgs, has_gpu: bool | None) -> Any:
     config = plan.entry.config
     num_gpus = config.num_gpus
@@ -324,10 +360,10 @@ def _cluster_has_gpu() -> bool | None:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def build_app(args: InferenceAppArgs) -> serve.Application:
+def build_app(args: InferenceAppArgs | dict[str, Any]) -> serve.Application:
     """The inference application: one deployment per model plus the HTTP ingress."""
     if not isinstance(args, InferenceAppArgs):
-        args = InferenceAppArgs.model_validate(args)
+        args = InferenceAppAuthArgs.model_validate(args)
     repository = ModelRepository(resolve_repository(args.model_repository))
     entries: dict[str, ModelEntry] = {}
     for name in args.models if args.models is not None else repository.names():
@@ -350,5 +386,5 @@ def build_app(args: InferenceAppArgs) -> serve.Application:
         handles[name] = _model_app(plan, args, has_gpu)
     log.info("inference app: serving %s from %s", ", ".join(entries), repository.root)
     return InferenceIngress.options(max_ongoing_requests=args.ingress_max_ongoing_requests).bind(  # type: ignore[attr-defined]
-        entries, handles, args.max_request_bytes
+        entries, handles, args.max_request_bytes, _api_token(args)
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from clara_ray.config.dicom import DicomSettings
 from clara_ray.errors import ConfigError
@@ -113,8 +113,34 @@ class ServeSettings(_Section):
     inference_cpus: float = Field(
         0.5, ge=0, description="CPUs reserved per model replica of the inference app."
     )
-    host: str = Field("127.0.0.1", description="HTTP bind address of Ray Serve's proxy.")
+    host: str = Field(
+        "127.0.0.1",
+        description="HTTP bind address of Ray Serve's proxy; any address but loopback "
+        "(127.0.0.0/8, ::1, localhost) needs serve.api_token.",
+    )
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of Ray Serve's proxy.")
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token that every HTTP route but the health checks requires "
+        "(`Authorization: Bearer <token>`), on the REST API and on /v2 inference; at least "
+        "16 characters, e.g. `openssl rand -hex 32`. Also from CLARA_RAY_SERVE__API_TOKEN.",
+    )
+    max_upload_mb: int = Field(
+        2048, ge=1, description="Largest payload upload (POST /api/v1/payloads) in MiB; 413 beyond."
+    )
+
+    @field_validator("api_token")
+    @classmethod
+    def _token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return None
+        text = v.get_secret_value()
+        if len(text) < 16 or not (text.isascii() and text.isprintable()) or " " in text:
+            raise ValueError(
+                f"the token must be at least 16 printable ASCII characters without spaces, got "
+                f"{len(text)} characters"
+            )
+        return v
 
 
 class RenderSettings(_Section):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,58 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.cli_platform import BIN, Cli, cli_env
+from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-BIN = Path(sys.executable).parent
-
-
-class Cli:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-
-    def __call__(
-        self, *args: str, check: bool = True, timeout: float = 300
-    ) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [str(BIN / "clara-ray"), *args],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"clara-ray {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
-            )
-        return proc
-
-    def json(self, *args: str) -> object:
-        return json.loads(self("--json", *args).stdout)
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory) -> Iterator[Cli]:
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
     """The CLI as a new user runs it: an empty home (no Ray token yet) and its own ports."""
-    data = tmp_path_factory.mktemp("cli-data")
-    env = {
-        **os.environ,
-        "HOME": str(tmp_path_factory.mktemp("cli-home")),
-        "CLARA_RAY_DATA_DIR": str(data),
-        "CLARA_RAY_RAY__GCS_PORT": str(free_port()),
-        "CLARA_RAY_RAY__DASHBOARD_PORT": str(free_port()),
-        "CLARA_RAY_RAY__NUM_CPUS": "2",
-        "CLARA_RAY_SERVE__PORT": str(free_port()),
-        "CLARA_RAY_DICOM__PORT": str(free_port()),
-        "CLARA_RAY_DICOM__RECEIVERS": "1",
-        "CLARA_RAY_DICOM__DISK_RESERVE_MB": "0",
-        "PYTHONPATH": str(ROOT),
-    }
-    for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "CLARA_RAY_CONFIG"):
-        env.pop(name, None)
-    runner = Cli(env)
+    runner = Cli(cli_env(tmp_path_factory))
     try:
         yield runner
     finally:

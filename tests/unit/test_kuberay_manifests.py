@@ -158,6 +158,19 @@ def test_every_ray_pod_reads_the_settings_configmap(name: str, tmp_path: Path) -
         assert settings.storage_uri == env["CLARA_RAY_STORAGE_URI"], where
 
 
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayservice.yaml"])
+def test_pods_that_serve_the_api_take_its_token_from_a_secret(name: str) -> None:
+    """The API binds every interface there, which it refuses to do without a token."""
+    for group, template in pod_templates(cluster_specs()[name]).items():
+        tokens = [
+            e for e in ray_container(template).get("env", [])
+            if e["name"] == "CLARA_RAY_SERVE__API_TOKEN"
+        ]  # fmt: skip
+        assert [t.get("valueFrom") for t in tokens] == [
+            {"secretKeyRef": {"name": "clara-ray-api", "key": "token"}}
+        ], f"{name}, group {group}"
+
+
 # -- the pods --------------------------------------------------------------------------------
 
 
