@@ -22,7 +22,7 @@ ingress decodes and validates requests, then calls the model deployments
 through DeploymentHandles; pipelines skip the ingress and call the same
 deployments through :class:`clara_ray.inference.clients.ServeClient`.
 The arguments are :class:`serve.inference_args.InferenceAppArgs`, plus the API token
-(:class:`InferenceAppAuthArgs`): with one, every route but ``/v2/health/live`` and
+(``api_token`` of :class:`~serve.inference_args.InferenceAppArgs`): with one, every route but ``/v2/health/live`` and
 ``/v2/health/ready`` needs ``Authorization: Bearer <token>`` (:mod:`serve.auth`).
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import Field, SecretStr
+from pydantic import SecretStr
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import RayServeException
@@ -68,7 +68,7 @@ from serve.auth import BearerAuth
 from serve.inference_args import InferenceAppArgs, ModelPlan, batch_settings, resolve_repository
 from serve.model_deployment import ModelDeployment
 
-__all__ = ["APP_NAME", "ROUTE_PREFIX", "InferenceAppAuthArgs", "InferenceIngress", "build_app"]
+__all__ = ["APP_NAME", "ROUTE_PREFIX", "InferenceIngress", "build_app"]
 
 log = logging.getLogger(__name__)
 
@@ -307,19 +307,8 @@ class InferenceIngress:
 # --------------------------------------------------------------------------- builder
 
 
-class InferenceAppAuthArgs(InferenceAppArgs):
-    """:class:`InferenceAppArgs` and the token the routes require (``clara-ray up`` passes
-    ``serve.api_token``)."""
-
-    api_token: SecretStr | None = Field(
-        None,
-        description="Bearer token every route but /v2/health/* requires; when not given, "
-        "the platform settings' serve.api_token ($CLARA_RAY_CONFIG, CLARA_RAY_SERVE__API_TOKEN).",
-    )
-
-
 def _api_token(args: InferenceAppArgs) -> SecretStr | None:
-    if isinstance(args, InferenceAppAuthArgs) and "api_token" in args.model_fields_set:
+    if "api_token" in args.model_fields_set:
         return args.api_token
     return load_settings().serve.api_token
 
@@ -363,7 +352,7 @@ def _cluster_has_gpu() -> bool | None:
 def build_app(args: InferenceAppArgs | dict[str, Any]) -> serve.Application:
     """The inference application: one deployment per model plus the HTTP ingress."""
     if not isinstance(args, InferenceAppArgs):
-        args = InferenceAppAuthArgs.model_validate(args)
+        args = InferenceAppArgs.model_validate(args)
     repository = ModelRepository(resolve_repository(args.model_repository))
     entries: dict[str, ModelEntry] = {}
     for name in args.models if args.models is not None else repository.names():

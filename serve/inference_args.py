@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from clara_ray.inference.errors import ModelRepositoryError
 from clara_ray.inference.messages import (
@@ -59,6 +59,12 @@ class InferenceAppArgs(BaseModel):
         "directory, then from the clara-ray source tree.",
     )
     models: list[str] | None = Field(None, description="Models to serve; default: every model.")
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token every route but /v2/health/* requires (`clara-ray up` passes "
+        "serve.api_token); when not given, the platform settings' serve.api_token "
+        "($CLARA_RAY_CONFIG, CLARA_RAY_SERVE__API_TOKEN).",
+    )
     skip_invalid_models: bool = Field(
         False,
         description="With `models` unset: log and skip models whose folder is malformed "

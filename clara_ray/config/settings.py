@@ -237,6 +237,10 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+_SECRET_KEYS = frozenset({"serve.api_token"})
+"""Keys whose values an error message never repeats."""
+
+
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``path`` (or ``$CLARA_RAY_CONFIG``), then ``CLARA_RAY_*`` overrides."""
     env = os.environ if env is None else env
@@ -267,7 +271,6 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             if err["type"] == "extra_forbidden":
                 lines.append(f"{source}: key '{key}' is not a setting (env {env_name})")
             else:
-                lines.append(
-                    f"{source}: key '{key}' (env {env_name}): {err['msg']}; got {err.get('input')!r}"
-                )
+                got = "(hidden)" if key in _SECRET_KEYS else repr(err.get("input"))
+                lines.append(f"{source}: key '{key}' (env {env_name}): {err['msg']}; got {got}")
         raise ConfigError("\n".join(lines)) from exc

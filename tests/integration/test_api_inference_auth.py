@@ -24,13 +24,14 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 def host(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from ray import serve
 
-    from serve.inference import InferenceAppAuthArgs, build_app
+    from serve.inference import build_app
+    from serve.inference_args import InferenceAppArgs
 
     repository = make_repository(tmp_path_factory.mktemp("inference-auth") / "models")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        args = InferenceAppAuthArgs(
+        args = InferenceAppArgs(
             model_repository=str(repository), models=["liver-seg"], num_cpus=0, api_token=TOKEN
         )
         serve.run(build_app(args), name="clara-inference-auth", route_prefix="/v2")

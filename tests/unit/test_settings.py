@@ -290,3 +290,11 @@ def test_assignment_is_validated() -> None:
     s = load_settings(env={})
     with pytest.raises(ValueError, match="max_concurrent_jobs"):
         s.core.max_concurrent_jobs = 0
+
+
+def test_a_rejected_api_token_is_not_repeated_in_the_error() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env={"CLARA_RAY_SERVE__API_TOKEN": "short-secret"})
+    message = str(raised.value)
+    assert "key 'serve.api_token'" in message and "at least 16" in message
+    assert "short-secret" not in message and "got (hidden)" in message
