@@ -6,7 +6,7 @@ from typing import Any
 
 import ray
 
-__all__ = ["CORE_ACTOR_NAME", "RENDER_ACTOR_NAME", "on_head_node"]
+__all__ = ["CORE_ACTOR_NAME", "RENDER_ACTOR_NAME", "on_head_node", "platform_actor"]
 
 CORE_ACTOR_NAME = "clara-core"
 RENDER_ACTOR_NAME = "clara-render"
@@ -18,3 +18,16 @@ def on_head_node() -> dict[str, Any]:
     if "node:__internal_head__" in ray.cluster_resources():
         return {"resources": {"node:__internal_head__": 0.001}}
     return {}
+
+
+def platform_actor(name: str, namespace: str) -> dict[str, Any]:
+    """Actor options of a platform actor: named, detached, created once (``get_if_exists``),
+    restarted whenever it dies, its calls retried across restarts."""
+    return {
+        "name": name,
+        "namespace": namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": -1,
+        "max_task_retries": -1,
+    }

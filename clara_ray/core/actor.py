@@ -16,7 +16,7 @@ import ray
 
 from clara_ray.config.settings import Settings
 from clara_ray.contracts.launcher import RunnerLauncher
-from clara_ray.contracts.placement import CORE_ACTOR_NAME, on_head_node
+from clara_ray.contracts.placement import CORE_ACTOR_NAME, on_head_node, platform_actor
 from clara_ray.contracts.records import (
     EventRecord,
     ExportRecord,
@@ -292,13 +292,7 @@ CoreActorRemote = ray.remote(CoreActor)
 
 def create_core(settings: Settings, launcher_factory: LauncherFactory) -> Any:
     """The namespace's Core actor, created (detached, restartable) if absent."""
-    options: dict[str, Any] = {
-        "name": CORE_ACTOR_NAME,
-        "namespace": settings.ray.namespace,
-        "lifetime": "detached",
-        "get_if_exists": True,
-        "max_restarts": -1,
-        "max_task_retries": -1,
-        "num_cpus": 0,
-    }
-    return CoreActorRemote.options(**options, **on_head_node()).remote(settings, launcher_factory)
+    options = platform_actor(CORE_ACTOR_NAME, settings.ray.namespace)
+    return CoreActorRemote.options(**options, num_cpus=0, **on_head_node()).remote(
+        settings, launcher_factory
+    )

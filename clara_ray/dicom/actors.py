@@ -24,7 +24,7 @@ import ray
 from clara_ray.config.dicom import DicomConfig
 from clara_ray.config.settings import Settings
 from clara_ray.contracts.core_client import CoreClient
-from clara_ray.contracts.placement import CORE_ACTOR_NAME, on_head_node
+from clara_ray.contracts.placement import CORE_ACTOR_NAME, on_head_node, platform_actor
 from clara_ray.dicom.balance import ConnectionBalancer, balancing_supported
 from clara_ray.dicom.ingest import GroupCloser
 from clara_ray.dicom.scp import StorageScp
@@ -181,12 +181,7 @@ DicomAdapterRemote = ray.remote(DicomAdapter)
 
 def get_or_create_adapter(settings: Settings) -> Any:
     return DicomAdapterRemote.options(
-        name=ADAPTER_NAME,
-        namespace=settings.ray.namespace,
-        lifetime="detached",
-        get_if_exists=True,
-        max_restarts=-1,
-        max_task_retries=-1,
+        **platform_actor(ADAPTER_NAME, settings.ray.namespace),
         num_cpus=0,
         **on_head_node(),
         max_concurrency=8,

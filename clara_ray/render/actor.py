@@ -15,7 +15,7 @@ from typing import Any
 import ray
 
 from clara_ray.config.settings import Settings
-from clara_ray.contracts.placement import RENDER_ACTOR_NAME
+from clara_ray.contracts.placement import RENDER_ACTOR_NAME, platform_actor
 from clara_ray.phi import keep_patient_data_out_of_logs
 from clara_ray.render.request import parse_view_request, parse_view_settings
 from clara_ray.render.service import RenderService
@@ -87,12 +87,7 @@ RenderActorRemote = ray.remote(RenderActor)
 def get_or_create_render(settings: Settings) -> Any:
     """The namespace's render server, created (detached, restartable) if absent."""
     return RenderActorRemote.options(
-        name=RENDER_ACTOR_NAME,
-        namespace=settings.ray.namespace,
-        lifetime="detached",
-        get_if_exists=True,
-        max_restarts=-1,
-        max_task_retries=-1,
+        **platform_actor(RENDER_ACTOR_NAME, settings.ray.namespace),
         num_cpus=settings.render.num_cpus,
         num_gpus=settings.render.num_gpus,
         max_concurrency=4,

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from clara_ray.contracts.records import EventRecord, JobRecord
 from clara_ray.core import CoreService, SQLiteStore
-from tests.unit.test_core_service import (
+from tests.unit.core_env import (
     OPERATORS,
     Env,
     finish_operators,
     queue,
     with_export_manifest,
 )
-
-
-@pytest.fixture
-def env(tmp_path: Path, payload_dir: Path) -> Iterator[Env]:
-    from tests.unit.test_core_service import DIAMOND
-
-    e = Env(tmp_path)
-    e.storage.upload_payload("pay-1", payload_dir)
-    e.core.payloads.register_payload("pay-1", name="study-1", source="test")
-    e.core.pipelines.create_pipeline(DIAMOND, source="diamond.yaml")
-    yield e
-    e.close()
 
 
 def changes(events: list[EventRecord]) -> list[tuple[str, str, str, str | None]]:
