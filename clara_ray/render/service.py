@@ -3,7 +3,8 @@
 Plain code; the ``clara-render`` actor (:mod:`clara_ray.render.actor`) wraps it.
 Volumes are read from storage (:mod:`clara_ray.render.sources`) when a view
 first needs them and kept in an LRU bounded in bytes (``render.cache_mb``);
-3D views use a prepared (downsampled, float32) copy kept in the same cache.
+3D views use a prepared (downsampled, float32) copy kept in the same cache, and
+a DICOM SEG is read onto each series it overlays and kept there per series.
 Encoded views are kept too (``render.image_cache_mb``), keyed by everything the
 request names, so scrolling back over slices costs a dictionary lookup.  A
 job's volume listing is kept once the job has stopped (its results no longer
@@ -14,6 +15,7 @@ computed with cupy by the same functions.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -29,12 +31,20 @@ from clara_ray.render.projection import Slab, label_projection, projection_image
 from clara_ray.render.raycast import TRANSFER_PRESETS, Camera, prepare_volume, render_volume
 from clara_ray.render.request import ViewRequest, ViewSettings
 from clara_ray.render.slices import label_slice, slice_image
-from clara_ray.render.sources import VolumeSource, find_volumes, load_volume, same_grid
+from clara_ray.render.sources import (
+    VolumeSource,
+    find_volumes,
+    load_volume,
+    references_image,
+    same_grid,
+)
 from clara_ray.render.windowing import PRESETS, parse_window
 from clara_ray.storage import Storage
 from clara_ray.volume import Volume, array_module
 
 __all__ = ["RenderService"]
+
+log = logging.getLogger(__name__)
 
 _DEFAULT_PRESET = "soft_tissue"
 
@@ -90,16 +100,63 @@ class RenderService:
         known = ", ".join(s.name for s in sources) or "none"
         raise NotFoundError(f"job {job_id} has no volume {name!r} (volumes: {known})")
 
-    def _volume(self, job_id: str, payload_id: str, source: VolumeSource) -> Volume:
-        key = ("volume", job_id, source.name)
+    def _loaded(self, key: tuple[str, ...], load: Callable[[], Volume]) -> Volume:
         volume: Volume | None = self.volumes_cache.get(key)
         if volume is None:
             with self._loading:  # one reader per volume; others wait for the cache
                 volume = self.volumes_cache.get(key)
                 if volume is None:
-                    volume = self._to_device(load_volume(self.storage, payload_id, source))
+                    volume = self._to_device(load())
                     self.volumes_cache.put(key, volume, _nbytes(volume))
         return volume
+
+    def _volume(self, job_id: str, payload_id: str, source: VolumeSource) -> Volume:
+        return self._loaded(
+            ("volume", job_id, source.name),
+            lambda: load_volume(self.storage, payload_id, source),
+        )
+
+    def _overlay(
+        self,
+        job_id: str,
+        payload_id: str,
+        labels: VolumeSource,
+        image_source: VolumeSource,
+        image: Volume,
+    ) -> Volume | None:
+        """``labels`` voxel for voxel on ``image``'s grid; None when it does not overlay it.
+
+        A SEG is read onto each series it references and kept per series."""
+        if labels.kind != "labels":
+            return None
+        if labels.format == "seg":
+            if not references_image(labels, image):
+                return None
+            volume = self._loaded(
+                ("labels", job_id, labels.name, image_source.name),
+                lambda: load_volume(self.storage, payload_id, labels, image),
+            )
+        else:
+            volume = self._volume(job_id, payload_id, labels)
+        return volume if same_grid(image, volume) else None
+
+    def _overlays(
+        self,
+        job_id: str,
+        payload_id: str,
+        labels: VolumeSource,
+        image_source: VolumeSource,
+        image: Volume,
+    ) -> bool:
+        """Whether ``labels`` overlays ``image``, for the listing: a label map that cannot be
+        read onto it (a malformed SEG) is left out with a log line, not fatal to the list."""
+        try:
+            return self._overlay(job_id, payload_id, labels, image_source, image) is not None
+        except ValueError as exc:
+            log.warning(
+                "job %s: %s does not overlay %s: %s", job_id, labels.name, image_source.name, exc
+            )
+            return False
 
     def _prepared(self, job_id: str, payload_id: str, source: VolumeSource) -> Volume:
         key = ("prepared", job_id, source.name)
@@ -126,7 +183,7 @@ class RenderService:
                 entry["spacing"] = [float(s) for s in volume.spacing]
                 entry["lengths"] = {axis: axis_length(volume, axis) for axis in AXES}
                 entry["overlays"] = [
-                    s.name for s in labels if same_grid(volume, self._volume(job_id, payload_id, s))
+                    s.name for s in labels if self._overlays(job_id, payload_id, s, source, volume)
                 ]
             entry["settings"] = self.view_settings(job_id, source.name)
             out.append(entry)
@@ -182,8 +239,8 @@ class RenderService:
         if request.overlay is None:
             return grey
         labels_source = self._source(job_id, payload_id, request.overlay, final)
-        labels = self._volume(job_id, payload_id, labels_source)
-        if labels_source.kind != "labels" or not same_grid(volume, labels):
+        labels = self._overlay(job_id, payload_id, labels_source, source, volume)
+        if labels is None:
             raise ValueError(
                 f"overlay: {request.overlay!r} is not a label map on the grid of {source.name}"
             )

@@ -1,10 +1,13 @@
 """Where a job's volumes come from: its payload's image series and its label-map results.
 
 A job shows every positioned image series of its payload (``series-1``,
-``series-2``, ... in the payload's file order, found by their headers) and every NRRD label map in its results (named
-``<operator>.<file stem>``, e.g. ``label-map.labels``, with the segment names of
-the legend written beside it).  A label map overlays the image series whose
-grid it shares (same shape, origin and axes within a tenth of a voxel).
+``series-2``, ... in the payload's file order, found by their headers), then
+every label map in its results, named ``<operator>.<file stem>`` (e.g.
+``label-map.labels``): NRRD label maps, with the segment names of the legend
+written beside them, and DICOM SEGs, with their segment descriptions.  An NRRD
+label map overlays the image series whose grid it shares (same shape, origin
+and axes within a tenth of a voxel); a SEG overlays the series whose instances
+it references, read onto that series' grid (:func:`load_volume` given the image).
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ from clara_ray.errors import NotFoundError
 from clara_ray.operators.nrrd import read_nrrd
 from clara_ray.operators.series_loader import read_series
 from clara_ray.operators.series_selector import SeriesCandidate, scan_series
+from clara_ray.render.seg_source import (
+    instance_uids,
+    read_seg_header,
+    seg_labels_on,
+    seg_references,
+    seg_segments,
+)
 from clara_ray.storage import Storage
 from clara_ray.volume import Volume
 
@@ -31,6 +41,7 @@ __all__ = [
     "find_volumes",
     "label_map_volume",
     "load_volume",
+    "references_image",
     "same_grid",
 ]
 
@@ -47,9 +58,11 @@ class VolumeSource:
 
     name: str
     kind: str  # "image" or "labels"
+    format: str  # "dicom" (an image series), "nrrd" or "seg" (a label map)
     description: str
-    files: tuple[str, ...]  # payload file names (image) or the NRRD's results path (labels)
+    files: tuple[str, ...]  # payload file names (image) or the label map's results path
     segments: tuple[Segment, ...] = field(default_factory=tuple)
+    references: frozenset[str] = frozenset()  # a SEG's source SOP Instance UIDs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,24 +106,42 @@ def find_volumes(storage: Storage, job_id: str, payload_id: str) -> list[VolumeS
         payload = storage.payload_view(payload_id)
         for index, candidate in enumerate(scan_series(payload.iter_files()), start=1):
             sources.append(
-                VolumeSource(_series_name(index), "image", _describe(candidate), candidate.files)
+                VolumeSource(
+                    _series_name(index), "image", "dicom", _describe(candidate), candidate.files
+                )
             )
     root = storage.results_root(job_id)
     for entry in storage.list_results(job_id):
-        if not entry.path.endswith(".nrrd") or "/" not in entry.path:
+        if "/" not in entry.path or entry.path.endswith(".json"):
             continue
         operator, file = entry.path.split("/", 1)
-        stem = posixpath.basename(file).removesuffix(".nrrd")
         path = posixpath.join(root, entry.path)
-        sources.append(
-            VolumeSource(
-                f"{operator}.{stem}",
-                "labels",
-                f"label map {entry.path}",
-                (path,),
-                _legend(storage, path),
+        if entry.path.endswith(".nrrd"):
+            stem = posixpath.basename(file).removesuffix(".nrrd")
+            sources.append(
+                VolumeSource(
+                    f"{operator}.{stem}",
+                    "labels",
+                    "nrrd",
+                    f"label map {entry.path}",
+                    (path,),
+                    _legend(storage, path),
+                )
             )
-        )
+            continue
+        header = read_seg_header(storage, path)
+        if header is not None:
+            sources.append(
+                VolumeSource(
+                    f"{operator}.{posixpath.splitext(posixpath.basename(file))[0]}",
+                    "labels",
+                    "seg",
+                    f"segmentation {entry.path}",
+                    (path,),
+                    tuple(Segment(number, label) for number, label in seg_segments(header)),
+                    seg_references(header),
+                )
+            )
     return sources
 
 
@@ -138,9 +169,18 @@ def _payload_files(
             yield name, fp
 
 
-def load_volume(storage: Storage, payload_id: str, source: VolumeSource) -> Volume:
-    """The voxels of ``source``: a series read from the payload, or a label map's NRRD."""
-    if source.kind == "labels":
+def load_volume(
+    storage: Storage, payload_id: str, source: VolumeSource, image: Volume | None = None
+) -> Volume:
+    """The voxels of ``source``: a series read from the payload, a label map's NRRD, or
+    a SEG read onto ``image``'s grid (``ValueError`` without an image it references)."""
+    if source.format == "seg":
+        if image is None:
+            raise ValueError(
+                f"volume {source.name} is a DICOM SEG: it is read onto a series it references"
+            )
+        return seg_labels_on(storage.read_bytes(source.files[0]), source.name, image)
+    if source.format == "nrrd":
         # pynrrd reads the header line by line, which pyarrow's streams cannot
         array, header = read_nrrd(io.BytesIO(storage.read_bytes(source.files[0])))
         return label_map_volume(array, header)
@@ -148,6 +188,11 @@ def load_volume(storage: Storage, payload_id: str, source: VolumeSource) -> Volu
     if not volumes:
         raise NotFoundError(f"volume {source.name} holds no image slices that can be read")
     return max(volumes, key=lambda v: v.shape[0])
+
+
+def references_image(source: VolumeSource, image: Volume) -> bool:
+    """Whether the SEG ``source`` references any of ``image``'s instances."""
+    return not source.references.isdisjoint(instance_uids(image))
 
 
 def same_grid(image: Volume, labels: Volume) -> bool:

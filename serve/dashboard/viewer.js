@@ -41,7 +41,7 @@ class Viewer {
       azimuth: saved.azimuth ?? 30,
       elevation: saved.elevation ?? 20,
       slab: saved.slab ?? 0,
-      overlay: overlays.length ? overlays[0].volume : null,
+      overlay: (overlays.find((o) => o.volume === saved.overlay) || overlays[0])?.volume ?? null,
       segments: new Set(saved.segments || (overlays[0]?.segments || []).map((s) => s.value)),
       opacity: saved.opacity ?? 0.4,
     };
@@ -109,9 +109,17 @@ class Viewer {
         el("p", { class: "muted" }, "Drag on the image: left/right window, up/down level."),
       );
     }
-    for (const overlay of this.overlays) {
+    const overlay = this.overlays.find((o) => o.volume === v.overlay);
+    if (overlay) {
+      const choose = (e) => {
+        const chosen = this.overlays.find((o) => o.volume === e.target.value);
+        this.set({ overlay: chosen.volume, segments: new Set(chosen.segments.map((seg) => seg.value)) });
+      };
       parts.push(
-        el("div", {}, el("strong", {}, `Overlay: ${overlay.volume}`),
+        el("div", {},
+          this.overlays.length > 1
+            ? el("label", {}, "Overlay", el("select", { id: "overlay", onchange: choose }, this.overlays.map((o) => el("option", { value: o.volume, ...(o.volume === v.overlay ? { selected: "" } : {}) }, o.volume))))
+            : el("strong", {}, `Overlay: ${overlay.volume}`),
           overlay.segments.map((s) =>
             el("label", { class: "row" },
               el("input", { type: "checkbox", "data-segment": s.value, ...(v.segments.has(s.value) ? { checked: "" } : {}), onchange: (e) => { e.target.checked ? v.segments.add(s.value) : v.segments.delete(s.value); this.set({}); } }),

@@ -157,15 +157,19 @@ def png(answer: httpx.Response) -> np.ndarray:
 
 
 def test_a_job_s_volumes_and_their_views(api: Api, rendered_job: str) -> None:
-    volumes = api.json("GET", f"/api/v1/render/{rendered_job}/volumes")
-    image, labels = volumes
-    assert (image["volume"], image["kind"], image["lengths"]["axial"]) == ("series-1", "image", 12)
-    assert image["overlays"] == ["label-map.labels"]
-    assert [s["name"] for s in labels["segments"]] == ["body", "lungs", "bone"]
+    volumes = {v["volume"]: v for v in api.json("GET", f"/api/v1/render/{rendered_job}/volumes")}
+    assert list(volumes) == ["series-1", "label-map.labels", "seg.seg"]
+    image = volumes["series-1"]
+    assert (image["kind"], image["lengths"]["axial"]) == ("image", 12)
+    assert image["overlays"] == ["label-map.labels", "seg.seg"]
+    for overlay in ("label-map.labels", "seg.seg"):
+        assert volumes[overlay]["kind"] == "labels"
+        assert [s["name"] for s in volumes[overlay]["segments"]] == ["body", "lungs", "bone"]
     base = f"/api/v1/render/{rendered_job}/series-1"
     assert png(api.http.get(f"{base}/slice.png", params={"index": 5})).shape == (64, 64)
-    overlay = {"overlay": "label-map.labels", "segments": "2", "opacity": "1"}
-    assert png(api.http.get(f"{base}/mip.png", params=overlay)).shape == (64, 64, 3)
+    for labels in ("label-map.labels", "seg.seg"):
+        overlay = {"overlay": labels, "segments": "2", "opacity": "1"}
+        assert png(api.http.get(f"{base}/mip.png", params=overlay)).shape == (64, 64, 3)
     assert png(api.http.get(f"{base}/3d.png", params={"size": 96})).shape == (96, 96, 3)
 
 
@@ -177,7 +181,10 @@ def test_bad_render_requests_name_what_was_wrong(api: Api, rendered_job: str) ->
     assert detail.startswith("size: Input should be less than or equal to 1024")
     assert "not a view" in api.detail("GET", f"{base}/cube.png", 400)
     detail = api.detail("GET", f"/api/v1/render/{rendered_job}/ct/slice.png", 404)
-    assert detail == f"job {rendered_job} has no volume 'ct' (volumes: series-1, label-map.labels)"
+    assert (
+        detail
+        == f"job {rendered_job} has no volume 'ct' (volumes: series-1, label-map.labels, seg.seg)"
+    )
     assert "does not exist" in api.detail("GET", "/api/v1/render/nope/volumes", 404)
 
 
@@ -185,8 +192,8 @@ def test_a_saved_view_comes_back_with_the_volume(api: Api, rendered_job: str) ->
     path = f"/api/v1/render/{rendered_job}/series-1/settings"
     saved = api.json("PUT", path, json={"mode": "mip", "axis": "coronal", "slab": 20})
     assert (saved["mode"], saved["axis"], saved["slab"]) == ("mip", "coronal", 20.0)
-    (image, _labels) = api.json("GET", f"/api/v1/render/{rendered_job}/volumes")
-    assert image["settings"] == saved
+    image = api.json("GET", f"/api/v1/render/{rendered_job}/volumes")[0]
+    assert image["volume"] == "series-1" and image["settings"] == saved
     detail = api.detail("PUT", path, 400, json={"mode": "hologram"})
     assert detail.startswith("mode: Input should be 'slice', 'mip', 'minip' or '3d'")
 

@@ -159,6 +159,8 @@ def test_jobs_live_and_the_viewer(
     wait_for_view(
         tab, lambda p, q: segment not in q.get("segments", "").split(","), "the overlay toggled"
     )
+    tab.select_option("#overlay", "seg.seg")  # the DICOM SEG instead of the NRRD label map
+    wait_for_view(tab, lambda p, q: q.get("overlay") == "seg.seg", "the SEG overlay")
     shot(tab, "6-overlay")
 
     tab.click("#axis-coronal")
