@@ -20,7 +20,7 @@ from clara_ray.contracts.core_client import CoreClient
 from clara_ray.contracts.placement import CORE_ACTOR_NAME
 from clara_ray.storage import Storage
 
-__all__ = ["ApiContext", "Context", "context"]
+__all__ = ["ApiContext", "Context", "call_actor", "context"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -57,17 +57,23 @@ class ApiContext:
         """Call the Core verb ``verb`` (a :class:`CoreClient` method, named as the actor's)
         awaiting the actor's answer.  An error raised in the Core (a ClaraError, a ValueError
         for a bad value) is raised as itself, for the app's error handlers."""
-        try:
-            result: T = await getattr(self.actor(), verb.__name__).remote(*args, **kwargs)
-        except RayTaskError as exc:
-            if isinstance(exc.cause, Exception):
-                raise exc.cause from None
-            raise
+        result: T = await call_actor(self.actor(), verb.__name__, *args, **kwargs)
         return result
 
     async def io(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking (storage) code in a worker thread."""
         return await run_in_threadpool(fn, *args, **kwargs)
+
+
+async def call_actor(actor: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Await ``actor.method``; an error raised in the actor (a ClaraError, a ValueError for a
+    bad value) is raised as itself, for the app's error handlers."""
+    try:
+        return await getattr(actor, method).remote(*args, **kwargs)
+    except RayTaskError as exc:
+        if isinstance(exc.cause, Exception):
+            raise exc.cause from None
+        raise
 
 
 def context(request: Request) -> ApiContext:

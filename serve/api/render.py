@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from clara_ray.contracts.core_client import CoreClient
 from clara_ray.contracts.placement import RENDER_ACTOR_NAME
 from clara_ray.contracts.records import JobRecord, JobState
-from serve.api.context import ApiContext, Context
+from serve.api.context import ApiContext, Context, call_actor
 
 __all__ = ["router"]
 
@@ -41,12 +41,7 @@ async def _job(ctx: ApiContext, job_id: str) -> tuple[JobRecord, bool]:
 
 
 async def _call(ctx: ApiContext, method: str, *args: Any) -> Any:
-    try:
-        return await getattr(_render_server(ctx), method).remote(*args)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, Exception):
-            raise exc.cause from None
-        raise
+    return await call_actor(_render_server(ctx), method, *args)
 
 
 @router.get("/api/v1/render/{job_id}/volumes")
