@@ -22,6 +22,7 @@ __all__ = [
     "PlatformNotRunningError",
     "SeriesError",
     "StorageError",
+    "UnschedulableError",
 ]
 
 
@@ -82,3 +83,7 @@ class ExportManifestError(ClaraError, ValueError):
 
 class PlatformNotRunningError(ClaraError):
     """No clara-ray platform (Ray cluster and Core actor) could be reached."""
+
+
+class UnschedulableError(ClaraError):
+    """A job can never run on the cluster: its operators need more than the cluster has."""

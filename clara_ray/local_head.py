@@ -85,6 +85,7 @@ def _command(settings: Settings) -> list[str]:
         f"--dashboard-agent-grpc-port={_free_port()}",
         f"--metrics-export-port={_free_port()}",
         "--disable-usage-stats",
+        f"--resources={json.dumps({settings.scheduling.head_resource: 1})}",
     ]
     if cfg.num_cpus is not None:
         cmd.append(f"--num-cpus={cfg.num_cpus}")

@@ -28,5 +28,8 @@ class NoRunners:
     def running_jobs(self) -> set[str]:
         return set()
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, run: int | None = None) -> None:
         pass
+
+    def cluster_capacity(self) -> None:
+        return None

@@ -19,10 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from clara_ray.config.dicom import DicomSettings
 from clara_ray.errors import ConfigError
+from clara_ray.pipeline.spec import parse_memory
 
 __all__ = [
+    "CapacitySettings",
     "CoreSettings",
     "RaySettings",
+    "SchedulingSettings",
     "ServeSettings",
     "Settings",
     "load_settings",
@@ -95,6 +98,76 @@ class CoreSettings(_Section):
         description="`clara-ray up` stores the shipped reference pipelines (pipelines/*.yaml) "
         "whose names are not taken yet, so `create job -p ct-lung-bone` works at once.",
     )
+
+
+_Priority = Literal["lower", "normal", "higher", "immediate"]
+
+
+class CapacitySettings(_Section):
+    cpu: float | None = Field(None, ge=0, description="CPUs the cluster can grow to.")
+    gpu: float | None = Field(None, ge=0, description="GPUs the cluster can grow to.")
+    memory: int | str | None = Field(
+        None, description="Memory the cluster can grow to: MiB, or a size like '512Gi'."
+    )
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: int | str | None) -> int | str | None:
+        if v is not None:
+            parse_memory(v)
+        return v
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory is None else parse_memory(self.memory)
+
+
+class SchedulingSettings(_Section):
+    head_resource: str = Field(
+        "clara_head",
+        description="Custom Ray resource of the node that hosts the Core, the job runners and "
+        "the DICOM adapter (declared with value 1 on that node: `clara-ray up` does it locally, "
+        "the KubeRay head's rayStartParams in a cluster); where no node has it, Ray's head node.",
+    )
+    capacity: CapacitySettings = Field(
+        default_factory=CapacitySettings,
+        description="The most the cluster can hold, for clusters that autoscale: a job is "
+        "refused only if it cannot fit this; each empty key: what the nodes have now.",
+    )
+    evicting_priorities: list[_Priority] = Field(
+        default_factory=lambda: list[_Priority](["immediate"]),
+        description="Priorities whose jobs, when they do not fit, evict running jobs of "
+        "strictly lower priority (add `higher` to let higher jobs evict too; [] for none).",
+    )
+    min_run_before_reeviction: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds a requeued job runs before a job it already yielded to may evict "
+        "it again.",
+    )
+    unschedulable_timeout: float | None = Field(
+        300.0,
+        gt=0,
+        description="Seconds an operator may wait while no node of the cluster can run it "
+        "(its GPU node was lost, say) before its job is Faulted; empty: wait for such a node.",
+    )
+
+    @field_validator("evicting_priorities", mode="before")
+    @classmethod
+    def _priorities(cls, v: Any) -> Any:
+        """Also a comma-separated string (an environment override); empty: none."""
+        if v is None:
+            return []
+        if isinstance(v, str):
+            v = v.strip("[]").split(",")
+        return [str(p).strip().lower() for p in v if str(p).strip()]
+
+    @field_validator("head_resource")
+    @classmethod
+    def _resource(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,62}$", v) or v in ("CPU", "GPU", "memory"):
+            raise ValueError(f"got {v!r}; expected a custom resource name like clara_head")
+        return v
 
 
 class ServeSettings(_Section):
@@ -182,6 +255,7 @@ class Settings(_Section):
     core: CoreSettings = Field(default_factory=CoreSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     render: RenderSettings = Field(default_factory=RenderSettings)
+    scheduling: SchedulingSettings = Field(default_factory=SchedulingSettings)
     dicom: DicomSettings = Field(
         default_factory=DicomSettings, description="The DICOM adapter (listener, export, seeds)."
     )

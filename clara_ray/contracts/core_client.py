@@ -172,6 +172,7 @@ class CoreClient:
         node_id: str | None,
         node_ip: str | None,
         gpu_ids: list[int],
+        run: int | None = None,
     ) -> None:
         self._call(
             "operator_started",
@@ -181,6 +182,7 @@ class CoreClient:
             node_id=node_id,
             node_ip=node_ip,
             gpu_ids=gpu_ids,
+            run=run,
         )
 
     def operator_stopped(
@@ -195,6 +197,7 @@ class CoreClient:
         node_id: str | None = None,
         node_ip: str | None = None,
         gpu_ids: list[int] | None = None,
+        run: int | None = None,
     ) -> None:
         self._call(
             "operator_stopped",
@@ -207,13 +210,16 @@ class CoreClient:
             node_id=node_id,
             node_ip=node_ip,
             gpu_ids=gpu_ids,
+            run=run,
         )
 
-    def job_warning(self, job_id: str, warning: str) -> None:
-        self._call("job_warning", job_id, warning)
+    def job_warning(self, job_id: str, warning: str, run: int | None = None) -> None:
+        self._call("job_warning", job_id, warning, run)
 
-    def job_stopped(self, job_id: str, status: str, reason: str | None = None) -> JobRecord:
-        return self._call("job_stopped", job_id, status, reason)
+    def job_stopped(
+        self, job_id: str, status: str, reason: str | None = None, run: int | None = None
+    ) -> JobRecord:
+        return self._call("job_stopped", job_id, status, reason, run)
 
     def dicom_put(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         return self._call("dicom_put", kind, data)

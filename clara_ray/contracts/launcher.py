@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from clara_ray.contracts.records import JobRecord
+from clara_ray.contracts.resources import ClusterCapacity
 
 __all__ = ["LaunchUnconfirmed", "RunnerLauncher"]
 
@@ -25,9 +26,12 @@ class RunnerLauncher(Protocol):
     not have happened, anything else when it definitely failed.
     ``running_jobs`` names the jobs whose runners run, or hold a final report
     not yet delivered to the Core; ``None`` when that cannot be known now (the
-    runner host is slow or unreachable).
+    runner host is slow or unreachable).  ``cancel`` stops the job's run ``run``
+    (any run when None).  ``cluster_capacity`` is what the cluster can hold, None
+    when that cannot be known now; the Core asks it outside its lock.
     """
 
     def launch(self, job: JobRecord) -> None: ...
     def running_jobs(self) -> set[str] | None: ...
-    def cancel(self, job_id: str) -> None: ...
+    def cancel(self, job_id: str, run: int | None = None) -> None: ...
+    def cluster_capacity(self) -> ClusterCapacity | None: ...

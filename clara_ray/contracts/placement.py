@@ -12,11 +12,14 @@ CORE_ACTOR_NAME = "clara-core"
 RENDER_ACTOR_NAME = "clara-render"
 
 
-def on_head_node() -> dict[str, Any]:
-    """Actor options that place it on the head node (where the state database, the DICOM
-    spool and the DICOM port live); empty where Ray has no head-node resource."""
-    if "node:__internal_head__" in ray.cluster_resources():
-        return {"resources": {"node:__internal_head__": 0.001}}
+def on_head_node(head_resource: str) -> dict[str, Any]:
+    """Actor options that place it on the node carrying ``head_resource``
+    (``scheduling.head_resource``: where the state database, the DICOM spool and the DICOM
+    port live); on Ray's head node where no node has it; empty where Ray has neither."""
+    resources = ray.cluster_resources()
+    for name in (head_resource, "node:__internal_head__"):
+        if name in resources:
+            return {"resources": {name: 0.001}}
     return {}
 
 

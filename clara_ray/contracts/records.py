@@ -148,6 +148,14 @@ class JobRecord:
     started_at: float | None = None
     ended_at: float | None = None
     exports_created: bool = False  # a Healthy job's exports are recorded (see core.exports)
+    run: int = 0  # times admitted; a runner's reports name the run they belong to
+    demand: dict[str, float] = field(default_factory=dict)  # cpu, gpu, memory held when running
+    evictions: list[dict[str, Any]] = field(default_factory=list)  # at, by, priority, reason
+
+    @property
+    def yielded_to(self) -> frozenset[str]:
+        """The jobs that evicted this one."""
+        return frozenset(str(e["by"]) for e in self.evictions)
 
     @property
     def duration(self) -> float | None:

@@ -18,12 +18,15 @@ from clara_ray.config.settings import Settings
 from clara_ray.contracts.launcher import RunnerLauncher
 from clara_ray.contracts.placement import CORE_ACTOR_NAME, on_head_node, platform_actor
 from clara_ray.contracts.records import (
+    JobPriority,
     EventRecord,
     ExportRecord,
     JobRecord,
     PayloadRecord,
     PipelineRecord,
 )
+from clara_ray.core.metrics import CoreMetrics
+from clara_ray.core.scheduler import AdmissionPolicy, describe_capacity
 from clara_ray.core.service import CoreService
 from clara_ray.core.store import SQLiteStore
 from clara_ray.phi import keep_patient_data_out_of_logs
@@ -51,8 +54,14 @@ class CoreActor:
             SQLiteStore(settings.database),
             Storage(settings.storage),
             launcher_factory(settings),
-            max_concurrent_jobs=settings.core.max_concurrent_jobs,
+            policy=AdmissionPolicy(
+                max_jobs=settings.core.max_concurrent_jobs,
+                evicting=tuple(JobPriority(p) for p in settings.scheduling.evicting_priorities),
+                min_run_before_reeviction=settings.scheduling.min_run_before_reeviction,
+                gpu_fallback=settings.core.gpu_fallback,
+            ),
             event_retention=settings.core.event_retention,
+            on_evicted=CoreMetrics().job_evicted,
         )
         self.service.dicom.dicom_seed(settings.dicom)
         self.service.recover()
@@ -74,6 +83,7 @@ class CoreActor:
             "database": str(self.settings.database),
             "storage": self.settings.storage,
             "max_concurrent_jobs": self.settings.core.max_concurrent_jobs,
+            "capacity": describe_capacity(self.service.scheduler.capacity),
         }
 
     def settings_dump(self) -> dict[str, Any]:
@@ -191,6 +201,7 @@ class CoreActor:
         node_id: str | None,
         node_ip: str | None,
         gpu_ids: list[int],
+        run: int | None = None,
     ) -> None:
         with self.service._lock:
             return self.service.operator_started(
@@ -200,6 +211,7 @@ class CoreActor:
                 node_id=node_id,
                 node_ip=node_ip,
                 gpu_ids=gpu_ids,
+                run=run,
             )
 
     def operator_stopped(
@@ -214,6 +226,7 @@ class CoreActor:
         node_id: str | None = None,
         node_ip: str | None = None,
         gpu_ids: list[int] | None = None,
+        run: int | None = None,
     ) -> None:
         with self.service._lock:
             return self.service.operator_stopped(
@@ -226,15 +239,18 @@ class CoreActor:
                 node_id=node_id,
                 node_ip=node_ip,
                 gpu_ids=gpu_ids,
+                run=run,
             )
 
-    def job_warning(self, job_id: str, warning: str) -> None:
+    def job_warning(self, job_id: str, warning: str, run: int | None = None) -> None:
         with self.service._lock:
-            return self.service.job_warning(job_id, warning)
+            return self.service.job_warning(job_id, warning, run)
 
-    def job_stopped(self, job_id: str, status: str, reason: str | None = None) -> JobRecord:
+    def job_stopped(
+        self, job_id: str, status: str, reason: str | None = None, run: int | None = None
+    ) -> JobRecord:
         with self.service._lock:
-            return self.service.job_stopped(job_id, status, reason)
+            return self.service.job_stopped(job_id, status, reason, run)
 
     def dicom_put(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         with self.service._lock:
@@ -293,6 +309,5 @@ CoreActorRemote = ray.remote(CoreActor)
 def create_core(settings: Settings, launcher_factory: LauncherFactory) -> Any:
     """The namespace's Core actor, created (detached, restartable) if absent."""
     options = platform_actor(CORE_ACTOR_NAME, settings.ray.namespace)
-    return CoreActorRemote.options(**options, num_cpus=0, **on_head_node()).remote(
-        settings, launcher_factory
-    )
+    head = on_head_node(settings.scheduling.head_resource)
+    return CoreActorRemote.options(**options, num_cpus=0, **head).remote(settings, launcher_factory)

@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     priority TEXT NOT NULL, state TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
     parameters TEXT NOT NULL, metadata TEXT NOT NULL, warnings TEXT NOT NULL,
     runtime_env TEXT NOT NULL, created_at REAL NOT NULL, queued_at REAL, started_at REAL, ended_at REAL,
-    exports_created INTEGER NOT NULL DEFAULT 0);
+    exports_created INTEGER NOT NULL DEFAULT 0, run INTEGER NOT NULL DEFAULT 0,
+    demand TEXT NOT NULL DEFAULT '{}', evictions TEXT NOT NULL DEFAULT '[]');
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS operators (
     job_id TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, status TEXT NOT NULL,

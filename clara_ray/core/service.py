@@ -37,6 +37,7 @@ from clara_ray.contracts.records import (
 from clara_ray.core.catalog import PayloadCatalog, PipelineCatalog
 from clara_ray.core.dicom_registry import DicomRegistry
 from clara_ray.core.events import EventLog
+from clara_ray.core.scheduler import AdmissionPolicy, JobScheduler
 from clara_ray.core.store import Store
 from clara_ray.errors import ClaraError, ConflictError, NotFoundError
 from clara_ray.export.ledger import ExportLedger
@@ -72,13 +73,16 @@ class CoreService:
         launcher: RunnerLauncher,
         *,
         max_concurrent_jobs: int = 4,
+        policy: AdmissionPolicy | None = None,
         event_retention: int = 100_000,
         clock: Callable[[], float] = time.time,
+        on_evicted: Callable[[JobRecord, JobRecord], None] | None = None,
     ) -> None:
+        """``policy`` (admission and eviction) defaults to ``max_concurrent_jobs`` and the
+        default ``scheduling`` settings; ``on_evicted(job, by)`` is told of each eviction."""
         self.store = store
         self.storage = storage
         self.launcher = launcher
-        self.max_concurrent_jobs = max_concurrent_jobs
         self.event_retention = event_retention
         self._clock = clock
         self._lock = threading.RLock()
@@ -93,6 +97,15 @@ class CoreService:
         self.dicom = DicomRegistry(store, self.pipelines.get_pipeline)
         self.exports = ExportLedger(store, storage, self.dicom.dicom_config, clock)
         self.events = EventLog(store)
+        self.scheduler = JobScheduler(
+            store,
+            launcher,
+            policy or AdmissionPolicy(max_jobs=max_concurrent_jobs),
+            clock,
+            stop=self._stop,
+            launch=self._request_launch,
+            on_evicted=on_evicted,
+        )
 
     # -- jobs ------------------------------------------------------------------
     @_locked
@@ -109,7 +122,8 @@ class CoreService:
         runtime_env: Mapping[str, Any] | None = None,
     ) -> JobRecord:
         """Create a job (not yet queued). ``runtime_env`` is the Ray runtime environment
-        its runner and operator tasks get (e.g. the working dir of ``ray job submit``)."""
+        its runner and operator tasks get (e.g. the working dir of ``ray job submit``).
+        A job whose operators can never fit the cluster is refused (UnschedulableError)."""
         prio = JobPriority.parse(priority, "priority")
         pipe = self.pipelines.get_pipeline(pipeline)
         payload_rec = self.payloads.get_payload(payload)
@@ -125,6 +139,7 @@ class CoreService:
             pipe.definition, source=f"pipeline '{pipe.name}'", check_imports=False
         )
         resolved = resolve_pipeline(spec, parameters or {})
+        demand = self.scheduler.demand_of(resolved)
         now = self._clock()
         job = JobRecord(
             job_id=job_id,
@@ -137,6 +152,7 @@ class CoreService:
             metadata={str(k): str(v) for k, v in (metadata or {}).items()},
             runtime_env=dict(runtime_env or {}),
             created_at=now,
+            demand=demand.to_dict(),
         )
         with self.store.transaction():
             self.store.put_job(job)
@@ -244,9 +260,12 @@ class CoreService:
         node_id: str | None,
         node_ip: str | None,
         gpu_ids: list[int],
+        run: int | None = None,
     ) -> None:
         """An attempt of an operator started. Attempts are told apart by ``started_at``:
         a repeated report of the recorded attempt (a retried call) counts nothing."""
+        if self._stale(job_id, run):
+            return
         op = self._operator(job_id, operator)
         if op.state is JobState.STOPPED:
             return
@@ -274,7 +293,10 @@ class CoreService:
         node_id: str | None = None,
         node_ip: str | None = None,
         gpu_ids: list[int] | None = None,
+        run: int | None = None,
     ) -> None:
+        if self._stale(job_id, run):
+            return
         op = self._operator(job_id, operator)
         if op.state is JobState.STOPPED:
             return
@@ -290,20 +312,25 @@ class CoreService:
         self.store.put_operator(op)
 
     @_locked
-    def job_warning(self, job_id: str, warning: str) -> None:
+    def job_warning(self, job_id: str, warning: str, run: int | None = None) -> None:
+        if self._stale(job_id, run):
+            return
         job = self.get_job(job_id)
         if warning not in job.warnings:
             job.warnings.append(warning)
             self.store.put_job(job)
 
     @_locked
-    def job_stopped(self, job_id: str, status: str, reason: str | None = None) -> JobRecord:
+    def job_stopped(
+        self, job_id: str, status: str, reason: str | None = None, run: int | None = None
+    ) -> JobRecord:
         """The runner's final report. A Healthy stop and the job's exports are recorded in
         one unit of work; when the results cannot be read now (storage unreachable),
         neither is, and the error is raised so that the runner reports again.  The first
-        final word wins: a report for a job that has already stopped changes nothing."""
+        final word wins: a report for a job that has already stopped changes nothing, nor
+        does the report of an evicted run."""
         job = self.get_job(job_id)
-        if job.state is not JobState.STOPPED:
+        if job.state is not JobState.STOPPED and not self._stale(job_id, run):
             stopped = JobStatus(status)
             try:
                 with self.store.transaction():
@@ -337,6 +364,7 @@ class CoreService:
         """
         with self._lock:
             asked_at = self._launch_seq
+        self.scheduler.refresh_capacity()
         alive = self.launcher.running_jobs()
         with self._lock:
             self.store.prune_events(self.event_retention)
@@ -405,6 +433,23 @@ class CoreService:
         self.store.put_job(job)
         return created
 
+    def _stale(self, job_id: str, run: int | None) -> bool:
+        """Whether a runner's report belongs to a run that is no longer the job's current
+        one (an evicted run winding down); reports that name no run are current."""
+        if run is None:
+            return False
+        job = self.get_job(job_id)
+        stale = job.run != run or job.state is not JobState.RUNNING
+        if stale:
+            log.info(
+                "job %s: report of its run %d ignored (now run %d, %s)",
+                job_id,
+                run,
+                job.run,
+                job.state,
+            )
+        return stale
+
     def _operator(self, job_id: str, name: str) -> OperatorRecord:
         for op in self.store.list_operators(job_id):
             if op.name == name:
@@ -426,18 +471,8 @@ class CoreService:
         log.info("job %s stopped: %s%s", job.job_id, status, f" ({reason})" if reason else "")
 
     def _admit(self) -> None:
-        """Admit queued jobs into free slots: recorded Running now, started by the launch thread."""
-        running = len(self.store.list_jobs(JobState.RUNNING))
-        queued = [j for j in self.store.list_jobs(JobState.PENDING) if j.queued_at is not None]
-        queued.sort(key=lambda j: (-j.priority.rank, j.queued_at))
-        for job in queued:
-            if running >= self.max_concurrent_jobs and job.priority is not JobPriority.IMMEDIATE:
-                break
-            job.state, job.started_at = JobState.RUNNING, self._clock()
-            self.store.put_job(job)
-            running += 1
-            log.info("job %s admitted (%d running)", job.job_id, running)
-            self._request_launch(job.job_id)
+        """Admit queued jobs (recorded Running now, started by the launch thread)."""
+        self.scheduler.admit()
 
     def _request_launch(self, job_id: str) -> None:
         """Queue the start of a Running job's runner (once); a full queue leaves it to recover."""

@@ -93,7 +93,16 @@ _JOB_COLUMNS = (
     "started_at",
     "ended_at",
     "exports_created",
+    "run",
+    "demand",
+    "evictions",
 )
+_JSON_JOB_COLUMNS = ("parameters", "metadata", "warnings", "runtime_env", "demand", "evictions")
+_ADDED_JOB_COLUMNS = {  # columns added after the first release, with their definitions
+    "run": "INTEGER NOT NULL DEFAULT 0",
+    "demand": "TEXT NOT NULL DEFAULT '{}'",
+    "evictions": "TEXT NOT NULL DEFAULT '[]'",
+}
 _EXPORT_COLUMNS = (
     "export_id",
     "job_id",
@@ -149,15 +158,19 @@ class SQLiteStore:
         records, so that the Core derives the exports of the others once.
         """
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
-        if not columns or "exports_created" in columns:
+        if not columns:
             return
         with self.transaction():
-            self._db.execute(
-                "ALTER TABLE jobs ADD COLUMN exports_created INTEGER NOT NULL DEFAULT 0"
-            )
-            self._db.execute(
-                "UPDATE jobs SET exports_created=1 WHERE job_id IN (SELECT job_id FROM exports)"
-            )
+            if "exports_created" not in columns:
+                self._db.execute(
+                    "ALTER TABLE jobs ADD COLUMN exports_created INTEGER NOT NULL DEFAULT 0"
+                )
+                self._db.execute(
+                    "UPDATE jobs SET exports_created=1 WHERE job_id IN (SELECT job_id FROM exports)"
+                )
+            for name, definition in _ADDED_JOB_COLUMNS.items():
+                if name not in columns:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
 
     def close(self) -> None:
         with self._lock:  # not under another thread's statement
@@ -279,6 +292,9 @@ class SQLiteStore:
             rec.started_at,
             rec.ended_at,
             int(rec.exports_created),
+            rec.run,
+            json.dumps(rec.demand),
+            json.dumps(rec.evictions),
         )
         cols = ", ".join(_JOB_COLUMNS)
         updates = ", ".join(f"{c}=excluded.{c}" for c in _JOB_COLUMNS[1:])
@@ -291,7 +307,7 @@ class SQLiteStore:
     @staticmethod
     def _job(row: sqlite3.Row) -> JobRecord:
         d = {k: row[k] for k in _JOB_COLUMNS}
-        for k in ("parameters", "metadata", "warnings", "runtime_env"):
+        for k in _JSON_JOB_COLUMNS:
             d[k] = json.loads(d[k])
         d["priority"] = JobPriority(d["priority"])
         d["state"] = JobState(d["state"])

@@ -86,8 +86,9 @@ class DicomAdapter:
         self.spool = Spool(settings.spool_dir)
         self.config: DicomConfig = self.core.dicom_config()
         self.client_tls = ClientTls(settings.dicom.tls)
+        on_head = on_head_node(settings.scheduling.head_resource)
         self.receivers = [
-            DicomReceiver.options(**on_head_node()).remote(settings, self.config, index)  # type: ignore[attr-defined]
+            DicomReceiver.options(**on_head).remote(settings, self.config, index)  # type: ignore[attr-defined]
             for index in range(settings.dicom.receivers)
         ]
         ray.get([r.info.remote() for r in self.receivers])
@@ -183,6 +184,6 @@ def get_or_create_adapter(settings: Settings) -> Any:
     return DicomAdapterRemote.options(
         **platform_actor(ADAPTER_NAME, settings.ray.namespace),
         num_cpus=0,
-        **on_head_node(),
+        **on_head_node(settings.scheduling.head_resource),
         max_concurrency=8,
     ).remote(settings)

@@ -193,6 +193,16 @@ class PipelineSpec(_Strict):
         None, gt=0, description="Seconds before the whole job is stopped."
     )
     services: list[ServiceSpec] = Field(default_factory=list, description="Inference services.")
+    eviction: Literal["requeue", "stop"] = Field(
+        "requeue",
+        description="When a job of higher priority evicts one of this pipeline's jobs: requeue "
+        "it to run again when resources free, or stop it (Evicted).",
+    )
+    scheduling: Literal["pack", "spread"] = Field(
+        "pack",
+        description="Where a job's operators run: pack (Ray's default placement) or spread "
+        "across the nodes.",
+    )
     operators: list[OperatorSpec] = Field(min_length=1)
 
     @field_validator("api_version", mode="before")

@@ -38,6 +38,7 @@ class OperatorCall:
     payload_id: str
     parameters: dict[str, Any] = field(default_factory=dict)
     services: tuple[ServiceSpec, ...] = ()
+    job_run: int = 1  # the job's run (admission) this call belongs to
 
 
 @dataclass

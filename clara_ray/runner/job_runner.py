@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec
@@ -39,10 +39,12 @@ from clara_ray.contracts.records import JobStatus
 from clara_ray.errors import ClaraError
 from clara_ray.phi import keep_patient_data_out_of_logs
 from clara_ray.pipeline import ResolvedOperator, ServiceSpec, parse_pipeline, resolve_pipeline
+from clara_ray.runner.cluster import alive_nodes, node_resources, runnable_somewhere
 from clara_ray.runner.execute import OperatorCall
 from clara_ray.runner.metrics import RunnerMetrics
 from clara_ray.runner.outbox import Report, ReportOutbox
 from clara_ray.runner.task import operator_task
+from clara_ray.storage import Storage
 
 __all__ = ["RUNNER_HOST_NAME", "JobRun", "JobRunnerHost", "RunnerConfig"]
 
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 _POLL_SECONDS = 0.2
 _OUTBOX_SECONDS = 2.0  # between deliveries of held reports
 _DELIVERY_RETRY_SECONDS = 5.0  # one delivery's wait for a restarting Core
+_PLACEMENT_CHECK_SECONDS = 2.0  # between checks that some node can run each waiting operator
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class RunnerConfig:
     default_operator_timeout: float | None = None
     gpu_fallback: bool = True
     runtime_env: dict[str, Any] | None = None  # the job's (``ray job submit``), for its tasks
+    run: int = 1  # which admission of the job this is; every report names it
+    unschedulable_timeout: float | None = 300.0  # see scheduling.unschedulable_timeout
 
 
 class _Stop(Exception):
@@ -95,6 +100,8 @@ class JobRun:
         self._reported_starts: set[tuple[str, float]] = set()
         self._core = CoreClient(config.core_name, config.namespace, config.report_retry_seconds)
         self._metrics = metrics
+        self._requests: dict[str, dict[str, float]] = {}  # operator -> its task's Ray resources
+        self._unplaceable_since: dict[str, float] = {}
 
     # -- called by tasks and the Core, through the host ------------------------
     def operator_started(
@@ -126,6 +133,7 @@ class JobRun:
                 node_id=node_id,
                 node_ip=node_ip,
                 gpu_ids=gpu_ids,
+                run=self.config.run,
             )
 
     def cancel(self) -> None:
@@ -146,7 +154,7 @@ class JobRun:
             status, reason = JobStatus.FAULTED, f"job runner failed: {type(exc).__name__}: {exc}"
         self._metrics.job_finished(cfg.pipeline, str(status), time.time() - began)
         log.info("job %s stopped: %s %s", cfg.job_id, status, reason or "")
-        self._report(CoreClient.job_stopped, cfg.job_id, str(status), reason)
+        self._report(CoreClient.job_stopped, cfg.job_id, str(status), reason, run=cfg.run)
         return str(status)
 
     def _run_operators(self) -> None:
@@ -155,6 +163,8 @@ class JobRun:
             cfg.definition, source=f"pipeline '{cfg.pipeline}'", check_imports=False
         )
         plan = resolve_pipeline(spec, cfg.parameters)
+        if cfg.run > 1:  # an evicted run may have left results part-written
+            Storage(cfg.storage_uri).delete_results(cfg.job_id)
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0
         outputs: dict[str, dict[str, Any]] = {}
         pending: dict[Any, ResolvedOperator] = {}
@@ -163,7 +173,9 @@ class JobRun:
             if gpus and not has_gpus and cfg.gpu_fallback:
                 self._warn_cpu_fallback(op.name, gpus)
                 gpus = 0
-            meta_ref, outputs[op.name] = self._submit(op, gpus, outputs, plan.services)
+            meta_ref, outputs[op.name] = self._submit(
+                op, gpus, outputs, plan.services, spread=spec.scheduling == "spread"
+            )
             pending[meta_ref] = op
         job_deadline = time.time() + spec.timeout if spec.timeout else None
         try:
@@ -179,6 +191,8 @@ class JobRun:
         gpus: float,
         outputs: dict[str, dict[str, Any]],
         services: tuple[ServiceSpec, ...],
+        *,
+        spread: bool,
     ) -> tuple[Any, dict[str, Any]]:
         cfg = self.config
         upstream = [i for i in op.inputs if i.from_]
@@ -196,6 +210,7 @@ class JobRun:
             payload_id=cfg.payload_id,
             parameters=cfg.parameters,
             services=services,
+            job_run=cfg.run,
         )
         options: dict[str, Any] = {
             "name": f"{cfg.job_name}/{op.name}",
@@ -207,6 +222,17 @@ class JobRun:
         }
         if op.spec.requests.memory_bytes:
             options["memory"] = op.spec.requests.memory_bytes
+        if spread:
+            options["scheduling_strategy"] = "SPREAD"
+        self._requests[op.name] = {
+            name: float(amount)
+            for name, amount in (
+                ("CPU", options["num_cpus"]),
+                ("GPU", options["num_gpus"]),
+                ("memory", options.get("memory", 0)),
+            )
+            if amount
+        }
         if cfg.runtime_env:
             options["runtime_env"] = cfg.runtime_env
         refs = operator_task.options(**options).remote(
@@ -224,6 +250,7 @@ class JobRun:
         job_timeout: float | None,
     ) -> None:
         cfg = self.config
+        next_placement_check = time.time() + _PLACEMENT_CHECK_SECONDS
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_SECONDS)
             for ref in ready:
@@ -240,10 +267,40 @@ class JobRun:
                     message = f"operator '{op.name}' exceeded its timeout of {limit:g} s"
                     self._report_operator_stop(op.name, JobStatus.TIMEOUT, message)
                     raise _Stop(JobStatus.TIMEOUT, message)
+            if cfg.unschedulable_timeout and now >= next_placement_check:
+                next_placement_check = now + _PLACEMENT_CHECK_SECONDS
+                self._check_placement(pending.values(), now, cfg.unschedulable_timeout)
             if deadline and now > deadline:
                 raise _Stop(
                     JobStatus.TIMEOUT, f"job exceeded the pipeline timeout of {job_timeout:g} s"
                 )
+
+    def _check_placement(
+        self, waiting: Iterable[ResolvedOperator], now: float, timeout: float
+    ) -> None:
+        """Fault the job when an operator has had no node able to run it for ``timeout``
+        seconds (its GPU node was lost, say): Ray would keep such a task waiting forever."""
+        try:
+            nodes = alive_nodes()
+        except RayError as exc:  # unknown now; checked again next time
+            log.warning(
+                "job %s: the cluster's nodes could not be read: %s", self.config.job_id, exc
+            )
+            return
+        for op in waiting:
+            request = self._requests.get(op.name, {})
+            if runnable_somewhere(request, nodes):
+                self._unplaceable_since.pop(op.name, None)
+                continue
+            since = self._unplaceable_since.setdefault(op.name, now)
+            if now - since >= timeout:
+                message = (
+                    f"operator '{op.name}' cannot run: no node of the cluster has "
+                    f"{node_resources(request).describe()} (waited {timeout:g} s, "
+                    "scheduling.unschedulable_timeout)"
+                )
+                self._report_operator_stop(op.name, JobStatus.FAULTED, message)
+                raise _Stop(JobStatus.FAULTED, message)
 
     def _finish(self, op: ResolvedOperator, ref: Any) -> None:
         cfg = self.config
@@ -279,6 +336,7 @@ class JobRun:
             node_id=meta["node_id"],
             node_ip=meta["node_ip"],
             gpu_ids=meta["gpu_ids"],
+            run=cfg.run,
         )
 
     def _report_operator_stop(self, operator: str, status: JobStatus, message: str) -> None:
@@ -289,6 +347,7 @@ class JobRun:
             status=str(status),
             ended_at=time.time(),
             message=message,
+            run=self.config.run,
         )
 
     def _warn_cpu_fallback(self, operator: str, gpus: float) -> None:
@@ -297,7 +356,7 @@ class JobRun:
             "running it on CPU"
         )
         log.warning("job %s: %s", self.config.job_id, warning)
-        self._report(CoreClient.job_warning, self.config.job_id, warning)
+        self._report(CoreClient.job_warning, self.config.job_id, warning, run=self.config.run)
 
     def _report(
         self, verb: Callable[Concatenate[CoreClient, P], object], *args: P.args, **kwargs: P.kwargs
@@ -357,11 +416,18 @@ class JobRunnerHost:
             time.sleep(_OUTBOX_SECONDS)
 
     def start(self, config: RunnerConfig) -> bool:
-        """Start running the job; False (a no-op) when it already runs here or has run
-        to its end here (its final report waits for delivery)."""
+        """Start running the job's run ``config.run``; False (a no-op) when that run, or a
+        later one, already runs here or has run to its end here (its final report waits
+        for delivery).  An earlier run of the job still winding down (it was evicted) is
+        told to stop and left to finish; its reports name its run, which the Core ignores."""
         with self._lock:
-            if config.job_id in self._runs or config.job_id in self._outbox.final_reports():
+            current = self._runs.get(config.job_id)
+            if current is not None and current.config.run >= config.run:
                 return False
+            if self._outbox.holds_final_report(config.job_id, config.run):
+                return False
+            if current is not None:
+                current.cancel()
             run = JobRun(
                 config, ray.get_runtime_context().current_actor, self._metrics, self._outbox
             )
@@ -376,7 +442,8 @@ class JobRunnerHost:
             run.run()
         finally:
             with self._lock:
-                self._runs.pop(run.config.job_id, None)
+                if self._runs.get(run.config.job_id) is run:
+                    del self._runs[run.config.job_id]
 
     def running(self, job_id: str) -> bool:
         """Whether the job runs here or its final report waits here for delivery."""
@@ -396,11 +463,12 @@ class JobRunnerHost:
         """The jobs whose final report waits for delivery to the Core."""
         return sorted(self._outbox.final_reports())
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, run: int | None = None) -> None:
+        """Stop the job's run ``run`` (whichever runs when None)."""
         with self._lock:
-            run = self._runs.get(job_id)
-        if run is not None:
-            run.cancel()
+            current = self._runs.get(job_id)
+        if current is not None and run in (None, current.config.run):
+            current.cancel()
 
     def operator_started(
         self,
@@ -410,12 +478,14 @@ class JobRunnerHost:
         node_id: str,
         node_ip: str,
         gpu_ids: list[int],
+        job_run: int | None = None,
     ) -> None:
-        """Reported by a task; passed on from a thread of its own, so that no host thread
-        waits on the Core (which may itself be waiting on :meth:`start`)."""
+        """Reported by a task of the job's run ``job_run``; passed on from a thread of its
+        own, so that no host thread waits on the Core (which may itself be waiting on
+        :meth:`start`).  A late report of an earlier run is dropped."""
         with self._lock:
             run = self._runs.get(job_id)
-        if run is not None:
+        if run is not None and job_run in (None, run.config.run):
             threading.Thread(
                 target=run.operator_started,
                 args=(operator, started_at, node_id, node_ip, gpu_ids),

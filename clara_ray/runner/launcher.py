@@ -12,6 +12,8 @@ from clara_ray.config.settings import Settings
 from clara_ray.contracts.launcher import LaunchUnconfirmed
 from clara_ray.contracts.placement import CORE_ACTOR_NAME, on_head_node
 from clara_ray.contracts.records import JobRecord
+from clara_ray.contracts.resources import ClusterCapacity
+from clara_ray.runner.cluster import alive_nodes, cluster_capacity
 from clara_ray.runner.job_runner import RUNNER_HOST_NAME, JobRunnerHost, RunnerConfig
 
 __all__ = ["RayRunnerLauncher"]
@@ -38,7 +40,7 @@ class RayRunnerLauncher:
             namespace=self.settings.ray.namespace,
             lifetime="detached",
             get_if_exists=True,
-            **on_head_node(),
+            **on_head_node(self.settings.scheduling.head_resource),
         ).remote(
             str(self.settings.database.parent / "runner-outbox.db"),
             CORE_ACTOR_NAME,
@@ -60,6 +62,8 @@ class RayRunnerLauncher:
             default_operator_timeout=self.settings.core.default_operator_timeout,
             gpu_fallback=self.settings.core.gpu_fallback,
             runtime_env=job.runtime_env or None,
+            run=job.run,
+            unschedulable_timeout=self.settings.scheduling.unschedulable_timeout,
         )
         try:
             ray.get(self.host().start.remote(config), timeout=_HOST_CALL_SECONDS)
@@ -84,7 +88,17 @@ class RayRunnerLauncher:
             log.warning("runner host did not say which jobs it runs; deciding nothing: %s", exc)
             return None
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, run: int | None = None) -> None:
         host = self._existing_host()
         if host is not None:
-            host.cancel.remote(job_id)
+            host.cancel.remote(job_id, run)
+
+    def cluster_capacity(self) -> ClusterCapacity | None:
+        """The alive nodes' resources (with ``scheduling.capacity`` over them); None when
+        Ray does not answer."""
+        try:
+            nodes = alive_nodes()
+        except RayError as exc:
+            log.warning("the cluster's resources could not be read; deciding nothing: %s", exc)
+            return None
+        return cluster_capacity(nodes, self.settings.scheduling.capacity)

@@ -102,6 +102,17 @@ class ReportOutbox:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def holds_final_report(self, job_id: str, run: int) -> bool:
+        """Whether the final report of the job's run ``run`` waits for delivery (a report
+        kept before runs were numbered counts for any run)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM reports WHERE job_id=? AND method=? AND "
+                "coalesce(json_extract(kwargs, '$.run'), ?) = ? LIMIT 1",
+                (job_id, Report.JOB_STOPPED.value, run, run),
+            )
+            return row.fetchone() is not None
+
     def deliver(self, core: CoreClient) -> int:
         """Deliver what is held to ``core``, oldest first.
 

@@ -31,7 +31,7 @@ def operator_task(call: OperatorCall, runner: Any, *values: Any) -> Any:
     started = time.time()
     if runner is not None:
         runner.operator_started.remote(
-            call.job_id, call.operator, started, node_id, node_ip, list(gpu_ids)
+            call.job_id, call.operator, started, node_id, node_ip, list(gpu_ids), call.job_run
         )
     outcome = run_operator_call(
         call,

@@ -15,7 +15,13 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from clara_ray.config.settings import Settings
-from clara_ray.errors import ClaraError, ConflictError, NotFoundError, PipelineValidationError
+from clara_ray.errors import (
+    ClaraError,
+    ConflictError,
+    NotFoundError,
+    PipelineValidationError,
+    UnschedulableError,
+)
 from clara_ray.phi import keep_patient_data_out_of_logs
 from serve.api import (
     dashboard,
@@ -42,6 +48,8 @@ def _status_for(exc: ClaraError) -> int:
         return 404
     if isinstance(exc, ConflictError):
         return 409
+    if isinstance(exc, UnschedulableError):
+        return 422
     return 400
 
 

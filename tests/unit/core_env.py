@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clara_ray.contracts.records import JobRecord
+from clara_ray.contracts.resources import ClusterCapacity
 from clara_ray.core import CoreService, SQLiteStore
 from clara_ray.export.manifest import MANIFEST_NAME, ExportManifest
 from clara_ray.storage import Storage
@@ -17,7 +18,8 @@ OPERATORS = ["source", "left", "right", "join"]
 class FakeLauncher:
     """Records launches and cancels; runners stay 'alive' until told otherwise.
 
-    ``unknown`` makes it answer that it cannot tell which runners run.
+    ``unknown`` makes it answer that it cannot tell which runners run; ``capacity`` is
+    the cluster it reports (None: unknown, so admission counts jobs only).
     """
 
     def __init__(self) -> None:
@@ -26,6 +28,7 @@ class FakeLauncher:
         self.alive: set[str] = set()
         self.fail_with: Exception | None = None
         self.unknown = False
+        self.capacity: ClusterCapacity | None = None
 
     def launch(self, job: JobRecord) -> None:
         if self.fail_with is not None:
@@ -36,9 +39,12 @@ class FakeLauncher:
     def running_jobs(self) -> set[str] | None:
         return None if self.unknown else set(self.alive)
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, run: int | None = None) -> None:
         self.canceled.append(job_id)
         self.alive.discard(job_id)
+
+    def cluster_capacity(self) -> ClusterCapacity | None:
+        return self.capacity
 
 
 class Clock:

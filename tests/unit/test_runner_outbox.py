@@ -37,6 +37,7 @@ _UNSET_STOP = {
     "node_id": None,
     "node_ip": None,
     "gpu_ids": None,
+    "run": None,
 }
 
 
@@ -61,7 +62,7 @@ def test_undelivered_reports_are_delivered_in_order_once_the_core_answers(
     assert outbox.deliver(core) == 2
     assert core.calls == [
         ("operator_stopped", ("j1", "only"), {**_UNSET_STOP, "status": "Healthy", "ended_at": 2.0}),
-        ("job_stopped", ("j1", "Healthy", None), {}),
+        ("job_stopped", ("j1", "Healthy", None, None), {}),
     ]
     assert not outbox.holds("j1") and outbox.final_reports() == set()
     assert outbox.deliver(core) == 0
@@ -78,7 +79,7 @@ def test_held_reports_survive_a_restart_of_the_host(tmp_path: Path) -> None:
         core = FakeCore()
         core.error = None
         assert again.deliver(core) == 1
-        assert core.calls == [("job_stopped", ("j1", "Healthy", None), {})]
+        assert core.calls == [("job_stopped", ("j1", "Healthy", None, None), {})]
     finally:
         again.close()
 
@@ -146,7 +147,7 @@ def test_runner_keeps_a_report_the_core_did_not_take_and_the_ones_after_it(
     assert outbox.deliver(core) == 2
     assert [c[0] for c in core.calls] == ["operator_stopped", "job_stopped"]
     run._report(CoreClient.job_warning, "j1", "late")  # nothing held: straight to the Core
-    assert core.calls[-1] == ("job_warning", ("j1", "late"), {})
+    assert core.calls[-1] == ("job_warning", ("j1", "late", None), {})
 
 
 def test_runner_raises_a_report_the_core_refuses(outbox: ReportOutbox) -> None:

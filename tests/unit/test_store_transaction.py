@@ -120,6 +120,7 @@ def test_database_of_an_earlier_version_is_migrated(db: Path) -> None:
     try:
         marked = store.get_job("with-exports")
         assert marked is not None and marked.exports_created
+        assert (marked.run, marked.demand, marked.evictions) == (0, {}, [])
         assert [j.job_id for j in store.list_jobs_lacking_exports()] == ["without-exports"]
         assert [e.export_id for e in store.list_exports()] == ["e1"]
     finally:
