@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 import yaml
+from ray.exceptions import RayError
 
 from clara_ray import auth_token, local_head
 from clara_ray.client import PlatformClient
@@ -199,6 +200,23 @@ def status(settings: Settings) -> dict[str, Any]:
 
         out["serve"] = serve_status(settings)
     out["dicom"] = _dicom_status(settings)
+    out["scheduling"] = _scheduling_status(settings) if out["running"] else None
+    return out
+
+
+def _scheduling_status(settings: Settings) -> dict[str, Any]:
+    """The cluster the Core admits jobs onto, and who may evict."""
+    out: dict[str, Any] = {
+        "capacity": None,
+        "max_concurrent_jobs": settings.core.max_concurrent_jobs,
+        "evicting_priorities": list(settings.scheduling.evicting_priorities),
+    }
+    try:
+        core = ray.get_actor(CORE_ACTOR_NAME, namespace=settings.ray.namespace)
+        ping: dict[str, Any] = ray.get(core.ping.remote(), timeout=10)  # type: ignore[assignment]
+        out["capacity"] = ping.get("capacity")
+    except (ValueError, RayError) as exc:
+        log.warning("the Core did not say what the cluster holds: %s", exc)
     return out
 
 

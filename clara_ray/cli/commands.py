@@ -48,6 +48,19 @@ def _status_text(st: dict[str, Any]) -> str:
     if dicom.get("enabled"):
         state = "listening" if dicom.get("running") else "not running"
         lines.append(f"dicom:      {dicom['ae_title']}@{dicom['host']}:{dicom['port']} ({state})")
+    if sched := st.get("scheduling"):
+        capacity = sched.get("capacity") or {}
+        total = capacity.get("total")
+        held = (
+            f"cpu {total['cpu']:g}, gpu {total['gpu']:g}, memory {total['memory'] / 2**30:.1f} GiB"
+            + (f" on {len(capacity['nodes'])} node(s)" if capacity.get("nodes") else "")
+            if total
+            else "unknown"
+        )
+        evicting = ", ".join(sched["evicting_priorities"]) or "none"
+        lines.append(
+            f"cluster:    {held}; at most {sched['max_concurrent_jobs']} jobs; evicting: {evicting}"
+        )
     lines.append("actors:     " + (", ".join(a["name"] for a in st["actors"]) or "-"))
     return "\n".join(lines)
 

@@ -68,6 +68,18 @@ def job_text(d: dict[str, Any]) -> str:
         f"ended: {fmt_time(d['ended_at'])}"
         + (f"  ({d['duration']:.2f} s)" if d.get("duration") is not None else ""),
     ]
+    if d.get("demand"):
+        demand = d["demand"]
+        memory = f", memory: {demand['memory'] / 2**30:.1f} GiB" if demand.get("memory") else ""
+        lines.append(
+            f"holds:     cpu: {demand.get('cpu', 0):g}, gpu: {demand.get('gpu', 0):g}{memory}"
+            f"  (run {d.get('run', 0)})"
+        )
+    lines += [
+        f"evicted:   {fmt_time(e['at'])} run {e['run']} by job {e['by']} ({e['priority']})"
+        f"{', requeued' if e.get('requeued') else ''}: {e['reason']}"
+        for e in d.get("evictions", [])
+    ]
     lines += [f"warning:   {w}" for w in d.get("warnings", [])]
     if d.get("metadata"):
         lines.append("metadata:  " + ", ".join(f"{k}={v}" for k, v in d["metadata"].items()))

@@ -18,9 +18,9 @@ from clara_ray.config.settings import Settings
 from clara_ray.contracts.launcher import RunnerLauncher
 from clara_ray.contracts.placement import CORE_ACTOR_NAME, on_head_node, platform_actor
 from clara_ray.contracts.records import (
-    JobPriority,
     EventRecord,
     ExportRecord,
+    JobPriority,
     JobRecord,
     PayloadRecord,
     PipelineRecord,

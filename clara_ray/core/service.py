@@ -6,9 +6,11 @@ transition is persisted before a method returns, a transition of several rows
 in one unit of work; every method is idempotent (ids are chosen by the caller,
 and repeating a call with the same id returns the existing record).
 
+Which queued job runs next (by resources and priority, evicting for urgent
+jobs) is the :class:`~clara_ray.core.scheduler.JobScheduler`'s to decide.
 Nothing that waits on Ray runs under the Core's lock: an admitted job is
-recorded Running at once and its runner is started by a launch thread of its
-own; liveness is one question to the launcher per :meth:`CoreService.recover`,
+recorded Running at once and its runner is started by the launch thread
+(:class:`~clara_ray.core.launches.LaunchQueue`); liveness is one question to the launcher per :meth:`CoreService.recover`,
 asked outside the lock, and an answer it cannot get ("unknown") decides
 nothing.  Only a definite answer (the runner host answered without the job, or
 there is no host) makes a job lost.
@@ -18,14 +20,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from clara_ray.contracts.launcher import LaunchUnconfirmed, RunnerLauncher
+from clara_ray.contracts.launcher import RunnerLauncher
 from clara_ray.contracts.records import (
     ExportRecord,
     JobPriority,
@@ -37,6 +38,7 @@ from clara_ray.contracts.records import (
 from clara_ray.core.catalog import PayloadCatalog, PipelineCatalog
 from clara_ray.core.dicom_registry import DicomRegistry
 from clara_ray.core.events import EventLog
+from clara_ray.core.launches import LaunchQueue
 from clara_ray.core.scheduler import AdmissionPolicy, JobScheduler
 from clara_ray.core.store import Store
 from clara_ray.errors import ClaraError, ConflictError, NotFoundError
@@ -48,7 +50,6 @@ __all__ = ["CoreService"]
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-_LAUNCH_QUEUE_SIZE = 1024
 _RESULTS_CACHE_SIZE = 256
 
 
@@ -86,24 +87,20 @@ class CoreService:
         self.event_retention = event_retention
         self._clock = clock
         self._lock = threading.RLock()
-        self._launches: queue.Queue[str] = queue.Queue(maxsize=_LAUNCH_QUEUE_SIZE)
-        self._launcher_thread: threading.Thread | None = None
-        self._launching: set[str] = set()  # queued or being launched
-        self._launch_seq = 0  # counts finished launches
-        self._launched: dict[str, int] = {}  # job id -> _launch_seq when its launch finished
         self._results_cache: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self.pipelines = PipelineCatalog(store, clock)
         self.payloads = PayloadCatalog(store, storage, clock)
         self.dicom = DicomRegistry(store, self.pipelines.get_pipeline)
         self.exports = ExportLedger(store, storage, self.dicom.dicom_config, clock)
         self.events = EventLog(store)
+        self.launches = LaunchQueue(store, launcher, self._lock, self._fault)
         self.scheduler = JobScheduler(
             store,
             launcher,
             policy or AdmissionPolicy(max_jobs=max_concurrent_jobs),
             clock,
             stop=self._stop,
-            launch=self._request_launch,
+            launch=lambda job_id: self.launches.request(job_id),
             on_evicted=on_evicted,
         )
 
@@ -363,7 +360,7 @@ class CoreService:
         ``event_retention`` are dropped.
         """
         with self._lock:
-            asked_at = self._launch_seq
+            asked_at = self.launches.finished
         self.scheduler.refresh_capacity()
         alive = self.launcher.running_jobs()
         with self._lock:
@@ -375,24 +372,18 @@ class CoreService:
 
     def wait_for_launches(self, timeout: float = 30.0) -> bool:
         """Block until every launch asked for so far has been tried; False on timeout."""
-        q = self._launches
-        with q.all_tasks_done:
-            return q.all_tasks_done.wait_for(lambda: q.unfinished_tasks == 0, timeout)
+        return self.launches.wait(timeout)
 
     def _reconcile(self, alive: set[str], asked_at: int) -> None:
         running = self.store.list_jobs(JobState.RUNNING)
         for job in running:
-            if (
-                job.job_id in alive
-                or job.job_id in self._launching
-                or self._launched.get(job.job_id, -1) > asked_at  # started after the question
-            ):
+            if job.job_id in alive or self.launches.in_flight(job.job_id, asked_at):
                 continue
             if all(op.attempts == 0 for op in self.store.list_operators(job.job_id)):
                 log.info(
                     "job %s: runner missing before any operator started; relaunching", job.job_id
                 )
-                self._request_launch(job.job_id)
+                self.launches.request(job.job_id)
                 continue
             self._stop(
                 job,
@@ -408,8 +399,7 @@ class CoreService:
                     "job %s: stopped (%s) but its runner runs; canceling it", job_id, held.status
                 )
                 self.launcher.cancel(job_id)
-        for job_id in [j for j in self._launched if j not in running_ids]:
-            del self._launched[job_id]
+        self.launches.forget_all_but(running_ids)
 
     def _record_missing_exports(self) -> None:
         for job in self.store.list_jobs_lacking_exports():
@@ -470,64 +460,10 @@ class CoreService:
                     self.store.put_operator(op)
         log.info("job %s stopped: %s%s", job.job_id, status, f" ({reason})" if reason else "")
 
+    def _fault(self, job: JobRecord, reason: str) -> None:
+        self._stop(job, JobStatus.FAULTED, reason)
+        self._admit()
+
     def _admit(self) -> None:
         """Admit queued jobs (recorded Running now, started by the launch thread)."""
         self.scheduler.admit()
-
-    def _request_launch(self, job_id: str) -> None:
-        """Queue the start of a Running job's runner (once); a full queue leaves it to recover."""
-        if job_id in self._launching:
-            return
-        self._launching.add(job_id)
-        try:
-            self._launches.put_nowait(job_id)
-        except queue.Full:
-            self._launching.discard(job_id)
-            log.warning(
-                "job %s: %d launches already queued; the reconcile loop starts it later",
-                job_id,
-                _LAUNCH_QUEUE_SIZE,
-            )
-            return
-        if self._launcher_thread is None:
-            self._launcher_thread = threading.Thread(
-                target=self._launch_loop, name="clara-core-launcher", daemon=True
-            )
-            self._launcher_thread.start()
-
-    def _launch_loop(self) -> None:
-        while True:
-            job_id = self._launches.get()
-            try:
-                self._launch(job_id)
-            except Exception:  # a broken launch must not stop the launches behind it
-                log.exception("job %s: launch failed", job_id)
-            finally:
-                self._launches.task_done()
-
-    def _launch(self, job_id: str) -> None:
-        """Start a job's runner outside the lock; fault the job if that definitely failed."""
-        with self._lock:
-            job = self.store.get_job(job_id)
-            if job is None or job.state is not JobState.RUNNING:
-                self._launching.discard(job_id)
-                return
-        failure: Exception | None = None
-        try:
-            self.launcher.launch(job)
-        except LaunchUnconfirmed as exc:
-            log.warning("job %s: start of its runner not confirmed (%s); rechecked", job_id, exc)
-        except Exception as exc:  # the launcher is the edge to Ray; any failure faults the job
-            failure = exc
-        with self._lock:
-            self._launching.discard(job_id)
-            self._launch_seq += 1
-            self._launched[job_id] = self._launch_seq
-            current = self.store.get_job(job_id)
-            if current is None or current.state is not JobState.RUNNING:
-                if failure is None:  # stopped (canceled) while its runner was starting
-                    self.launcher.cancel(job_id)
-                return
-            if failure is not None:
-                self._stop(current, JobStatus.FAULTED, f"could not start the job runner: {failure}")
-                self._admit()

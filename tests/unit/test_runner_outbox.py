@@ -156,3 +156,12 @@ def test_runner_raises_a_report_the_core_refuses(outbox: ReportOutbox) -> None:
     with pytest.raises(NotFoundError, match="does not exist"):
         runner(outbox, core)._report(CoreClient.job_stopped, "j1", "Healthy", None)
     assert not outbox.holds("j1")
+
+
+def test_a_held_final_report_belongs_to_its_run(outbox: ReportOutbox) -> None:
+    """An evicted run's final report waiting for the Core does not stop the next run."""
+    outbox.add("j1", Report.JOB_STOPPED, ("j1", "Canceled", None), {"run": 1})
+    assert outbox.holds_final_report("j1", 1)
+    assert not outbox.holds_final_report("j1", 2)
+    outbox.add("j2", Report.JOB_STOPPED, ("j2", "Healthy", None), {})  # kept before runs
+    assert outbox.holds_final_report("j2", 1) and outbox.holds_final_report("j2", 5)

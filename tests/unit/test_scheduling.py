@@ -99,6 +99,9 @@ def test_refusal_names_the_numbers() -> None:
     assert refusal(Resources(cpu=6), {"big": Resources(cpu=6)}, grown) is None
 
 
+CLUSTER = Resources(cpu=4, gpu=2)
+
+
 def queued(job_id: str, priority: JobPriority = NORMAL, at: float = 0.0, **need: float):
     return QueuedJob(job_id, priority, Resources(**need), at)
 
@@ -107,9 +110,7 @@ def running(job_id: str, priority: JobPriority = NORMAL, started: float = 0.0, *
     return RunningJob(job_id, priority, Resources(**held), started)
 
 
-def plan(
-    queue, run, capacity=Resources(cpu=4, gpu=2), max_jobs=10, evicting=(IMMEDIATE,), now=100.0
-):
+def plan(queue, run, capacity=CLUSTER, max_jobs=10, evicting=(IMMEDIATE,), now=100.0):
     return plan_admission(
         queue,
         run,
@@ -189,7 +190,7 @@ def test_immediate_evicts_the_lowest_then_youngest_and_no_more_than_needed() -> 
     p = plan([queued("urgent", IMMEDIATE, gpu=1)], run, capacity=Resources(cpu=4, gpu=3))
     assert [(e.victim, e.by) for e in p.evict] == [("lower-young", "urgent")]
     assert p.admit == ["urgent"]
-    assert "evicted by job urgent (priority immediate) to free gpu: 1" == p.evict[0].reason
+    assert p.evict[0].reason == "evicted by job urgent (priority immediate) to free gpu: 1"
     p = plan([queued("urgent", IMMEDIATE, gpu=2)], run, capacity=Resources(cpu=4, gpu=3))
     assert {e.victim for e in p.evict} == {"lower-young", "lower-old"}
 
