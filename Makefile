@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= $(HOME)/.clara-ray
 SAMPLE := $(DATA)/sample-study
-PEERS  := dcmtk dicom3tools orthanc openssl chromium
+PEERS  := dcmtk dicom3tools orthanc openssl chromium kubectl
 
 .PHONY: setup peers run stop test test-unit bench lint clean
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # Real peers the tests talk to (Debian packages: DICOM tools, Orthanc, the browser that
-# Playwright drives); installed only when missing.
+# Playwright drives, kubectl for `kubectl kustomize`); installed only when missing.
 peers:
 	@missing=""; for p in $(PEERS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -42,8 +42,10 @@ run: setup
 stop:
 	@if [ -x $(BIN)/clara-ray ]; then $(BIN)/clara-ray down; fi
 
+# tests/multinode starts Ray clusters of its own, so it runs in a pytest process of its own.
 test: setup peers
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests/multinode
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit

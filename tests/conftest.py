@@ -42,6 +42,16 @@ def _isolate_from_the_users_home() -> None:
 _isolate_from_the_users_home()
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """``tests/multinode`` runs in a pytest process of its own (``make test`` runs it after
+    the rest): it starts multi-node Ray clusters, and a process holds one Ray instance.
+    It is collected only when named on the command line."""
+    if collection_path == Path(__file__).parent / "multinode":
+        named = [Path(a.split("::")[0]).resolve() for a in config.args]
+        return not any(a == collection_path or collection_path in a.parents for a in named)
+    return None
+
+
 def wait_for(
     condition: Callable[[], object], timeout: float = 60.0, what: str = "condition"
 ) -> object:

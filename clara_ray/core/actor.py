@@ -142,17 +142,17 @@ class CoreActor:
         metadata: Mapping[str, str] | None = None,
         runtime_env: Mapping[str, Any] | None = None,
     ) -> JobRecord:
-        with self.service._lock:
-            return self.service.create_job(
-                job_id,
-                pipeline,
-                payload,
-                name=name,
-                priority=priority,
-                parameters=parameters,
-                metadata=metadata,
-                runtime_env=runtime_env,
-            )
+        # the service takes the lock itself: a refusal re-reads the cluster outside it
+        return self.service.create_job(
+            job_id,
+            pipeline,
+            payload,
+            name=name,
+            priority=priority,
+            parameters=parameters,
+            metadata=metadata,
+            runtime_env=runtime_env,
+        )
 
     def get_job(self, job_id: str) -> JobRecord:
         with self.service._lock:

@@ -41,7 +41,7 @@ from clara_ray.core.events import EventLog
 from clara_ray.core.launches import LaunchQueue
 from clara_ray.core.scheduler import AdmissionPolicy, JobScheduler
 from clara_ray.core.store import Store
-from clara_ray.errors import ClaraError, ConflictError, NotFoundError
+from clara_ray.errors import ClaraError, ConflictError, NotFoundError, UnschedulableError
 from clara_ray.export.ledger import ExportLedger
 from clara_ray.pipeline import parse_pipeline, resolve_pipeline
 from clara_ray.storage import Storage
@@ -105,7 +105,6 @@ class CoreService:
         )
 
     # -- jobs ------------------------------------------------------------------
-    @_locked
     def create_job(
         self,
         job_id: str,
@@ -120,7 +119,41 @@ class CoreService:
     ) -> JobRecord:
         """Create a job (not yet queued). ``runtime_env`` is the Ray runtime environment
         its runner and operator tasks get (e.g. the working dir of ``ray job submit``).
-        A job whose operators can never fit the cluster is refused (UnschedulableError)."""
+        A job whose operators can never fit the cluster is refused (UnschedulableError),
+        on a fresh reading of the cluster (a node may have joined since the last tick)."""
+
+        def attempt() -> JobRecord:
+            with self._lock:
+                return self._create_job(
+                    job_id,
+                    pipeline,
+                    payload,
+                    name=name,
+                    priority=priority,
+                    parameters=parameters,
+                    metadata=metadata,
+                    runtime_env=runtime_env,
+                )
+
+        try:
+            return attempt()
+        except UnschedulableError:  # decided on a reading of up to a tick ago: read it again
+            self.scheduler.refresh_capacity()
+            return attempt()
+
+    def _create_job(
+        self,
+        job_id: str,
+        pipeline: str,
+        payload: str,
+        *,
+        name: str | None = None,
+        priority: str = "normal",
+        parameters: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        runtime_env: Mapping[str, Any] | None = None,
+    ) -> JobRecord:
+
         prio = JobPriority.parse(priority, "priority")
         pipe = self.pipelines.get_pipeline(pipeline)
         payload_rec = self.payloads.get_payload(payload)

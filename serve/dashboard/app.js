@@ -161,6 +161,8 @@ function fields(job) {
     ["Created", when(job.created_at)],
     ["Duration", seconds(job.duration)],
     ["Reason", job.reason || ""],
+    ["Run", job.run],
+    ["Evictions", (job.evictions || []).map((e) => `${when(e.at)}: run ${e.run} by ${short(e.by)} (${e.priority})${e.requeued ? ", requeued" : ""}`).join("; ") || "none"],
   ];
   return el("dl", { class: "fields" }, pairs.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
 }

@@ -181,3 +181,13 @@ def test_unknown_cluster_admits_by_count(env: Env, core: CoreService) -> None:
     core.recover()
     core.create_job("j", "diamond", "pay-1")
     assert core.start_job("j").state is JobState.RUNNING
+
+
+def test_a_refusal_is_decided_on_a_fresh_reading_of_the_cluster(
+    env: Env, cluster_core: CoreService
+) -> None:
+    """A node that joined since the last reconcile tick counts: no stale refusal."""
+    env.launcher.capacity = ClusterCapacity(Resources(cpu=0, gpu=2), (Resources(0, 2),))
+    cluster_core.recover()
+    env.launcher.capacity = CLUSTER  # a worker joined; the Core has not ticked since
+    assert cluster_core.create_job("j", "gpu-one", "pay-1").job_id == "j"
