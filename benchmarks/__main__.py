@@ -6,7 +6,7 @@ import importlib
 import json
 from pathlib import Path
 
-BENCHMARKS = ("handoff", "pipelines", "dicom_ingest", "inference", "render")
+BENCHMARKS = ("handoff", "pipelines", "dicom_ingest", "inference", "render", "scaleout")
 
 
 def main() -> None:
