@@ -224,6 +224,13 @@ def test_job_creation_errors(api: Api) -> None:
         api.detail(verb, path, 404)
     api.detail("POST", "/api/v1/jobs/nope/cancel", 404)
     api.detail("GET", "/api/v1/jobs/nope/logs", 404)
+    wide = PIPELINE.replace("api-one", "api-wide") + "    requests: {gpu: 3}\n"
+    api.json("POST", "/api/v1/pipelines", 201, content=wide, headers={"Content-Type": "text/yaml"})
+    refused = api.detail(
+        "POST", "/api/v1/jobs", 422, json={"pipeline": "api-wide", "payload": payload}
+    )
+    assert "need gpu: 3 at once, the cluster has gpu: 2" in refused
+    assert api.json("GET", "/api/v1/health")["core"]  # and it keeps serving
 
 
 def test_job_filters(api: Api, finished_job: dict[str, Any]) -> None:

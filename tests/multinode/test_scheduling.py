@@ -27,10 +27,6 @@ def pipeline_file(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
 
 def scheduling_platform(platform_factory):
     """A Core whose operators may wait UNSCHEDULABLE_TIMEOUT s for a node that can run them."""
-    from clara_ray.config.settings import Settings
-
-    if "scheduling" not in Settings.model_fields:
-        pytest.fail("clara_ray has no `scheduling` settings yet (SchedulingSettings)")
     client = platform_factory(
         CLARA_RAY_SCHEDULING__UNSCHEDULABLE_TIMEOUT=str(UNSCHEDULABLE_TIMEOUT)
     )

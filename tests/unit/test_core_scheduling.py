@@ -38,9 +38,14 @@ def gpu_pipeline(name: str, gpus: int, eviction: str = "requeue") -> str:
 
 
 @pytest.fixture
-def cluster_core(env: Env) -> CoreService:
+def evicted() -> list[tuple[str, str]]:
+    """(job, by) of each eviction the Core reports to its observer."""
+    return []
+
+
+@pytest.fixture
+def cluster_core(env: Env, evicted: list[tuple[str, str]]) -> CoreService:
     env.launcher.capacity = CLUSTER
-    evicted: list[tuple[str, str]] = []
     core = CoreService(
         env.stores[-1],
         env.storage,
@@ -49,7 +54,6 @@ def cluster_core(env: Env) -> CoreService:
         clock=env.clock,
         on_evicted=lambda job, by: evicted.append((job.job_id, by.job_id)),
     )
-    core.evicted = evicted  # type: ignore[attr-defined]
     env.core = core
     core.recover()
     for name, gpus, eviction in (
@@ -114,7 +118,7 @@ def test_a_two_gpu_job_waits_while_a_one_gpu_job_runs_then_starts(
 
 
 def test_immediate_job_evicts_the_youngest_lower_job_which_is_requeued_then_runs(
-    env: Env, cluster_core: CoreService
+    env: Env, cluster_core: CoreService, evicted: list[tuple[str, str]]
 ) -> None:
     start(cluster_core, "old", "gpu-one", "lower")
     start(cluster_core, "young", "gpu-one", "lower")
@@ -132,7 +136,7 @@ def test_immediate_job_evicts_the_youngest_lower_job_which_is_requeued_then_runs
     )
     assert cluster_core.get_job("old").state is JobState.RUNNING
     assert env.launcher.canceled == ["young"]
-    assert cluster_core.evicted == [("young", "urgent")]  # type: ignore[attr-defined]
+    assert evicted == [("young", "urgent")]
     described = cluster_core.describe_job("young")
     assert all((o["state"], o["attempts"]) == ("Pending", 0) for o in described["operators"])
     # the evicted run's late reports change nothing
