@@ -1,18 +1,23 @@
-"""Inference serving: the Ray Serve inference app against a real Triton Inference Server.
+"""Inference serving: the Ray Serve inference apps against a real Triton Inference Server.
 
 Both serve the same TorchScript file (``models/liver-seg/1/model.pt``) with the
 same dynamic batching (at most :data:`MAX_BATCH` rows, :data:`DELAY_US` µs
-queue delay), and one run drives both with the same client
-(``tritonclient.http``, binary tensors, one client per thread), the same
-concurrency and the same inputs (one 128x128 CT slice per request).  Triton is
-nvidia-pytriton's tritonserver 2.51 (the model runs in its Python backend),
-started by ``tests/peer/triton_server.py`` in its own virtual environment.
-Reported per server: requests/s, p50 and p99 latency; then Serve's figures
-over Triton's.
+queue delay) and one model instance with one torch thread, and one run drives
+both with the same client (``tritonclient.http``, binary tensors, one client per
+thread), at each of :data:`CONCURRENCY` concurrent clients, with the same inputs
+(one 128x128 CT slice per request).  Triton is nvidia-pytriton's tritonserver
+2.51 (the model runs in its Python backend), started by
+``tests/peer/triton_server.py`` in its own virtual environment.  Serve runs as
+the platform deploys it (:func:`serve.inference.deploy`), with the Ray
+processes' environment of ``serve.ingress`` (:func:`clara_ray.serving.ingress_env`;
+default ``haproxy``).  Rounds alternate between the servers after a warm-up;
+reported per concurrency and server: requests/s, p50 and p99 latency as median
+and range over the rounds, and the per-round ratios Serve over Triton.
 """
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import tempfile
 import threading
@@ -24,6 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "liver-seg"
+CONCURRENCY = (8, 32)
 MAX_BATCH = 8
 DELAY_US = 2000
 TORCH_THREADS = 1
@@ -85,9 +91,9 @@ def _figures(wall: float, latencies: list[float]) -> dict[str, float]:
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return {
-        "requests_per_s": round(len(latencies) / wall, 1),
-        "p50_ms": round(statistics.median(ordered) * 1000, 1),
-        "p99_ms": round(p99 * 1000, 1),
+        "requests_per_s": len(latencies) / wall,
+        "p50_ms": statistics.median(ordered) * 1000,
+        "p99_ms": p99 * 1000,
     }
 
 
@@ -109,15 +115,24 @@ def _warm(url: str, x: np.ndarray) -> np.ndarray:
         client.close()
 
 
-def run(requests: int = 256, concurrency: int = 8, rounds: int = 2) -> dict[str, Any]:
-    """Warm both servers, then ``rounds`` alternating rounds; each server's best round counts."""
+def run(rounds: int = 3, ingress: str = "haproxy") -> dict[str, Any]:
+    """Warm both servers, then ``rounds`` alternating rounds per concurrency."""
+    import os
+
+    from clara_ray.config.settings import ServeSettings
+    from clara_ray.serving import ingress_env
+    from tests.peer.triton_server import TritonServer, free_port
+
+    work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    os.environ.update(ingress_env(ServeSettings(ingress=ingress), work))  # before Ray starts
+    os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())  # beside a running platform
+    os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+    os.environ["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] = str(free_port())
     import ray
     from ray import serve
 
-    from serve.inference import build_app
+    from serve.inference import deploy
     from serve.inference_args import InferenceAppArgs
-    from tests.conftest import free_port
-    from tests.peer.triton_server import TritonServer
 
     repository = ROOT / "models"
     if not (repository / MODEL / "1" / "model.pt").is_file():
@@ -125,8 +140,11 @@ def run(requests: int = 256, concurrency: int = 8, rounds: int = 2) -> dict[str,
             f"{repository / MODEL / '1' / 'model.pt'} is missing: train it first "
             "(python -m pipelines.ct_liver_ai.train --out models/liver-seg/1/model.pt --seed 0)"
         )
-    inputs = _inputs(requests)
-    results: dict[str, list[dict[str, float]]] = {"serve": [], "triton": []}
+    inputs = _inputs(max(512, 16 * max(CONCURRENCY)))
+    names = ("serve", "triton")
+    raw: dict[int, dict[str, list[dict[str, float]]]] = {
+        c: {n: [] for n in names} for c in CONCURRENCY
+    }
     with tempfile.TemporaryDirectory() as tmp:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
@@ -139,7 +157,7 @@ def run(requests: int = 256, concurrency: int = 8, rounds: int = 2) -> dict[str,
                 max_batch_size=MAX_BATCH,
                 batch_wait_timeout_s=DELAY_US / 1e6,
             )
-            serve.run(build_app(args), name="clara-inference", route_prefix="/v2")
+            deploy(args, blocking=False)
             with TritonServer(
                 repository,
                 [MODEL],
@@ -151,29 +169,50 @@ def run(requests: int = 256, concurrency: int = 8, rounds: int = 2) -> dict[str,
                 urls = {"serve": f"127.0.0.1:{port}", "triton": triton.http_url}
                 outputs = {name: _warm(url, inputs[0]) for name, url in urls.items()}
                 max_diff = float(np.max(np.abs(outputs["serve"] - outputs["triton"])))
-                for _ in range(rounds):
-                    for name, url in urls.items():
-                        results[name].append(_figures(*_drive(url, inputs, concurrency)))
+                for concurrency in CONCURRENCY:
+                    _drive(urls["serve"], inputs[: 4 * concurrency], concurrency)  # connections
+                    _drive(urls["triton"], inputs[: 4 * concurrency], concurrency)
+                    for _ in range(rounds):
+                        for name, url in urls.items():
+                            raw[concurrency][name].append(
+                                _figures(*_drive(url, inputs, concurrency))
+                            )
         finally:
             serve.shutdown()
             ray.shutdown()
-    best = {name: max(rs, key=lambda r: r["requests_per_s"]) for name, rs in results.items()}
-    serve_r, triton_r = best["serve"], best["triton"]
+            shutil.rmtree(work, ignore_errors=True)
     return {
         "benchmark": (
-            f"{MODEL} TorchScript, {requests} requests of 1x1x128x128 FP32, concurrency {concurrency}, "
-            f"tritonclient.http binary; dynamic batching {MAX_BATCH} rows / {DELAY_US} us on both; "
-            f"CPU, {TORCH_THREADS} torch thread; best of {rounds} alternating rounds after warm-up"
+            f"{MODEL} TorchScript, {len(inputs)} requests of 1x1x128x128 FP32 per round, "
+            f"tritonclient.http binary; dynamic batching {MAX_BATCH} rows / {DELAY_US} us on "
+            f"both; one model instance, CPU, {TORCH_THREADS} torch thread; Serve ingress "
+            f"{ingress}; {rounds} alternating rounds per concurrency after warm-up"
         ),
-        "serve": serve_r,
-        "triton": triton_r,
-        "ratio_throughput_serve_over_triton": round(
-            serve_r["requests_per_s"] / triton_r["requests_per_s"], 2
-        ),
-        "ratio_p50_serve_over_triton": round(serve_r["p50_ms"] / triton_r["p50_ms"], 2),
-        "ratio_p99_serve_over_triton": round(serve_r["p99_ms"] / triton_r["p99_ms"], 2),
         "max_abs_output_difference": max_diff,
-        "rounds": results,
+        **{f"concurrency_{c}": _compare(raw[c]) for c in CONCURRENCY},
+    }
+
+
+def _compare(rounds: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """Per server, each figure's median and range; then the per-round ratios Serve/Triton."""
+    from benchmarks.stats import ratio_spread, spread
+
+    keys = ("requests_per_s", "p50_ms", "p99_ms")
+    figures = {
+        name: {k: spread([r[k] for r in rs], 1) for k in keys} for name, rs in rounds.items()
+    }
+    serve_r, triton_r = rounds["serve"], rounds["triton"]
+    return {
+        **figures,
+        "ratio_throughput_serve_over_triton": ratio_spread(
+            [r["requests_per_s"] for r in serve_r], [r["requests_per_s"] for r in triton_r]
+        ),
+        "ratio_p50_serve_over_triton": ratio_spread(
+            [r["p50_ms"] for r in serve_r], [r["p50_ms"] for r in triton_r]
+        ),
+        "ratio_p99_serve_over_triton": ratio_spread(
+            [r["p99_ms"] for r in serve_r], [r["p99_ms"] for r in triton_r]
+        ),
     }
 
 

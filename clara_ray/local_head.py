@@ -26,6 +26,7 @@ import psutil
 
 from clara_ray.config.settings import Settings
 from clara_ray.errors import ClaraError
+from clara_ray.serving import ingress_env
 
 __all__ = ["head_info", "recorded_head", "start_head", "stop_head"]
 
@@ -109,7 +110,12 @@ def start_head(settings: Settings, auth: str) -> dict[str, Any]:
     # The head's job supervisor runs `ray job submit` entrypoints: put this environment's
     # interpreter first on its PATH, so `python -m clara_ray.run` finds clara-ray.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "RAY_AUTH_MODE": auth, "PATH": path}
+    env = {
+        **os.environ,
+        **ingress_env(settings.serve, settings.run_dir),
+        "RAY_AUTH_MODE": auth,
+        "PATH": path,
+    }
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
             _command(settings),

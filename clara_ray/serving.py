@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from pathlib import Path
 from typing import Any
 
 from clara_ray.config.settings import ServeSettings, Settings
@@ -14,6 +15,7 @@ __all__ = [
     "INFERENCE_APP_NAME",
     "check_bind",
     "deploy_api",
+    "ingress_env",
     "is_loopback",
     "serve_status",
 ]
@@ -39,6 +41,32 @@ def is_loopback(host: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_loopback
+
+
+_HAPROXY_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+}
+"""Ray's throughput settings for Serve: HAProxy in front, each application's ingress replica
+serving HTTP itself (direct ingress), gRPC between deployments, user code on the replica's
+event loop, request logs buffered.  A stopping replica is kept 2 s (Ray's default, 30 s, is
+for cloud load balancers) for HAProxy to drop it."""
+
+
+def ingress_env(serve_settings: ServeSettings, run_dir: Path) -> dict[str, str]:
+    """Environment of the Ray processes for ``serve.ingress`` (read when Ray starts);
+    HAProxy's files go under ``run_dir``."""
+    if serve_settings.ingress != "haproxy":
+        return {}
+    files = run_dir / "haproxy"
+    return {
+        **_HAPROXY_ENV,
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(files / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(files / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(files),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(files / "server-state"),
+    }
 
 
 def check_bind(serve_settings: ServeSettings) -> None:
@@ -70,15 +98,16 @@ def deploy_api(settings: Settings) -> None:
     log.info("HTTP API deployed at http://%s:%d/", settings.serve.host, settings.serve.port)
     repository = settings.serve.model_repository.expanduser().resolve()
     if settings.serve.inference_app and repository.is_dir():
-        inference = import_attr(settings.serve.inference_app)(
+        import_attr(settings.serve.inference_app)(
             {
                 "model_repository": str(repository),
                 "skip_invalid_models": True,
                 "num_cpus": settings.serve.inference_cpus,
                 "api_token": settings.serve.api_token,
-            }
+            },
+            name=INFERENCE_APP_NAME,
+            route_prefix="/v2",
         )
-        serve.run(inference, name=INFERENCE_APP_NAME, route_prefix="/v2", blocking=False)
         log.info(
             "inference (KServe v2) deployed at http://%s:%d/v2 from %s",
             settings.serve.host,

@@ -16,7 +16,10 @@ from urllib.parse import parse_qs
 
 from pydantic import SecretStr
 
-__all__ = ["Access", "BearerAuth", "access_for", "token_matches"]
+__all__ = ["UNAUTHORIZED", "Access", "BearerAuth", "access_for", "scope_allowed", "token_matches"]
+
+UNAUTHORIZED = "missing or wrong API token"
+"""The message of a 401 answer."""
 
 _OPEN = frozenset(
     {
@@ -99,7 +102,7 @@ class BearerAuth:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = json.dumps({self.error_key: "missing or wrong API token"}).encode()
+        body = json.dumps({self.error_key: UNAUTHORIZED}).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -114,16 +117,20 @@ class BearerAuth:
         await send({"type": "http.response.body", "body": body})
 
     def _allowed(self, scope: Any) -> bool:
-        expected = self.token()
-        if expected is None:
-            return True
-        root, path = scope.get("root_path", ""), scope.get("path", "")
-        full = path if path.startswith(root) else root + path
-        access = access_for(scope.get("method", "GET"), full)
-        if access is Access.OPEN:
-            return True
-        if token_matches(expected, _bearer(scope.get("headers", []))):
-            return True
-        return access is Access.HEADER_OR_QUERY and token_matches(
-            expected, _query_token(scope.get("query_string", b""))
-        )
+        return scope_allowed(scope, self.token())
+
+
+def scope_allowed(scope: Any, expected: SecretStr | None) -> bool:
+    """Whether the ASGI request ``scope`` may reach its route when the token is ``expected``."""
+    if expected is None:
+        return True
+    root, path = scope.get("root_path", ""), scope.get("path", "")
+    full = path if path.startswith(root) else root + path
+    access = access_for(scope.get("method", "GET"), full)
+    if access is Access.OPEN:
+        return True
+    if token_matches(expected, _bearer(scope.get("headers", []))):
+        return True
+    return access is Access.HEADER_OR_QUERY and token_matches(
+        expected, _query_token(scope.get("query_string", b""))
+    )

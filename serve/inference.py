@@ -1,9 +1,20 @@
-"""Model inference as a Ray Serve application speaking KServe v2 / Triton's HTTP protocol.
+"""Model inference as Ray Serve applications speaking KServe v2 / Triton's HTTP protocol.
 
-Deploy with ``serve run serve/inference.yaml``, ``serve deploy`` or a
-RayService; the application is ``clara-inference`` on route prefix ``/v2``, so
+Two kinds of application, so that an inference request crosses one deployment only:
+
+- ``clara-inference`` on route prefix ``/v2`` (:func:`build_app`): the server's
+  routes (metadata, health, the repository index, the model configs), and an
+  answer for a model whose application is not running;
+- one application per model, ``clara-inference-<model>`` on
+  ``/v2/models/<model>`` (:func:`build_model_app`): its ingress is the model's
+  deployment ``model-<model>`` (:mod:`serve.model_deployment`), which answers
+  the model's routes (metadata, ready, config, infer) and batches requests.
+
+The HTTP proxy routes by the longest prefix, so
 ``tritonclient.http.InferenceServerClient("host:8000")`` works unchanged.
-Routes (relative to ``/v2``; KServe v2 plus Triton's config and repository index):
+:func:`deploy` runs them all from Python; a Serve config lists them (``serve run
+serve/inference.yaml``, ``serve deploy``, a RayService).  Routes (relative to ``/v2``;
+KServe v2 plus Triton's config and repository index):
 
     GET  /v2                                       server metadata
     GET  /v2/health/live    GET /v2/health/ready
@@ -13,17 +24,14 @@ Routes (relative to ``/v2``; KServe v2 plus Triton's config and repository index
     POST /v2/models/{m}[/versions/{v}]/infer       JSON tensors or the binary tensor extension
     POST /v2/repository/index
 
-One deployment per model, ``model-<name>`` (:mod:`serve.model_deployment`, a thin
-wrapper over a :mod:`clara_ray.inference.backends` class): replicas and
-``num_gpus`` per replica from the model's ``config.pbtxt`` (fractional through
-``parameters { key: "clara_gpu" ... }``), ``@serve.batch`` dynamic batching
-counted in rows, autoscaling from the arguments, ``check_health``.  The FastAPI
-ingress decodes and validates requests, then calls the model deployments
-through DeploymentHandles; pipelines skip the ingress and call the same
-deployments through :class:`clara_ray.inference.clients.ServeClient`.
-The arguments are :class:`serve.inference_args.InferenceAppArgs`, plus the API token
-(``api_token`` of :class:`~serve.inference_args.InferenceAppArgs`): with one, every route but ``/v2/health/live`` and
-``/v2/health/ready`` needs ``Authorization: Bearer <token>`` (:mod:`serve.auth`).
+A model deployment's replicas and ``num_gpus`` per replica come from the model's
+``config.pbtxt`` (fractional through ``parameters { key: "clara_gpu" ... }``),
+``@serve.batch`` batches dynamically counted in rows, autoscaling from the
+arguments, ``check_health``.  Pipelines call the same deployments through
+:class:`clara_ray.inference.clients.ServeClient`.  The arguments are
+:class:`serve.inference_args.InferenceAppArgs`, plus the API token (``api_token``):
+with one, every route but ``/v2/health/live`` and ``/v2/health/ready`` needs
+``Authorization: Bearer <token>`` (:mod:`serve.auth`).
 """
 
 import asyncio
@@ -33,7 +41,7 @@ from typing import Any
 
 import ray
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import SecretStr
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
@@ -41,34 +49,29 @@ from ray.serve.exceptions import RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clara_ray.config.settings import load_settings
-from clara_ray.inference.clients import deployment_name
+from clara_ray.inference.clients import deployment_name, model_app_name, model_route_prefix
 from clara_ray.inference.errors import (
     InferenceError,
-    InvalidRequestError,
-    ModelFailedError,
     ModelNotReadyError,
     ModelRepositoryError,
     UnknownModelError,
 )
-from clara_ray.inference.messages import (
-    HEADER_LENGTH,
-    InferResponse,
-    binary_output_names,
-    check_body_size,
-    decode_request,
-    decompress_body,
-    encode_response,
-)
 from clara_ray.inference.metrics import InferenceMetrics
 from clara_ray.inference.repository import ModelEntry, ModelRepository
-from clara_ray.inference.tensors import Tensor
-from clara_ray.inference.validate import validate_request
 from clara_ray.phi import keep_patient_data_out_of_logs
 from serve.auth import BearerAuth
 from serve.inference_args import InferenceAppArgs, ModelPlan, batch_settings, resolve_repository
+from serve.kserve_http import error_response
 from serve.model_deployment import ModelDeployment
 
-__all__ = ["APP_NAME", "ROUTE_PREFIX", "InferenceIngress", "build_app"]
+__all__ = [
+    "APP_NAME",
+    "ROUTE_PREFIX",
+    "InferenceIngress",
+    "build_app",
+    "build_model_app",
+    "deploy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -110,46 +113,14 @@ api.add_middleware(_RootPath)
 api.add_middleware(BearerAuth, token=_replica_token, error_key="error")
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
 @api.exception_handler(InferenceError)
-async def _inference_error(_request: Request, exc: InferenceError) -> JSONResponse:
-    return _error(exc.status_code, str(exc))
+async def _inference_error(_request: Request, exc: InferenceError) -> Response:
+    return error_response(exc.status_code, str(exc))
 
 
 @api.exception_handler(StarletteHTTPException)
-async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _error(exc.status_code, str(exc.detail))
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    if isinstance(exc, RayTaskError) and exc.cause is not None:
-        return exc.cause
-    return exc
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        check_body_size(int(declared), limit)
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        check_body_size(total, limit)
-        chunks.append(chunk)
-    return decompress_body(b"".join(chunks), request.headers.get("content-encoding"), limit)
-
-
-def _header_length(request: Request) -> int | None:
-    raw = request.headers.get(HEADER_LENGTH)
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidRequestError(f"{HEADER_LENGTH} must be an integer, got {raw!r}") from None
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+    return error_response(exc.status_code, str(exc.detail))
 
 
 def _version() -> str:
@@ -162,37 +133,26 @@ def _version() -> str:
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class InferenceIngress:
-    """The KServe v2 HTTP routes over the model deployments."""
+    """The server's KServe v2 routes; each model's own application answers its routes."""
 
-    def __init__(
-        self,
-        entries: dict[str, ModelEntry],
-        handles: dict[str, Any],
-        max_request_bytes: int,
-        api_token: SecretStr | None = None,
-    ) -> None:
+    def __init__(self, entries: dict[str, ModelEntry], api_token: SecretStr | None = None) -> None:
         keep_patient_data_out_of_logs()
         self.entries = entries
-        self.handles = handles
-        self.max_request_bytes = max_request_bytes
         self.api_token = api_token
         self.metrics = InferenceMetrics()
+        self._handles: dict[str, Any] = {}
 
-    def _entry(self, name: str) -> ModelEntry:
-        entry = self.entries.get(name)
-        if entry is None:
-            raise UnknownModelError(
-                f"unknown model {name!r}; models served: {', '.join(sorted(self.entries)) or 'none'}"
-            )
-        return entry
+    def _handle(self, name: str) -> Any:
+        if name not in self._handles:
+            app = model_app_name(serve.get_replica_context().app_name, name)
+            self._handles[name] = serve.get_deployment_handle(deployment_name(name), app_name=app)
+        return self._handles[name]
 
-    async def _model_ready(self, name: str, version: str | None) -> bool:
+    async def _model_ready(self, name: str) -> bool:
         try:
-            return bool(await asyncio.wait_for(self.handles[name].ready.remote(version), 10.0))
-        except (TimeoutError, RayTaskError, RayActorError, RayServeException):
-            return False  # a replica that cannot answer is not ready
-
-    # -- server --------------------------------------------------------------
+            return bool(await asyncio.wait_for(self._handle(name).ready.remote(None), 10.0))
+        except (TimeoutError, RayTaskError, RayActorError, RayServeException, ValueError):
+            return False  # an application that is not running, or cannot answer, is not ready
 
     @api.get("/")
     async def server_metadata(self) -> dict[str, Any]:
@@ -208,103 +168,44 @@ class InferenceIngress:
 
     @api.get("/health/ready")
     async def ready(self) -> Response:
-        states = await asyncio.gather(*(self._model_ready(n, None) for n in self.entries))
+        states = await asyncio.gather(*(self._model_ready(n) for n in self.entries))
         not_ready = [n for n, ok in zip(self.entries, states, strict=True) if not ok]
         if not_ready:
-            return _error(503, f"models not ready: {', '.join(not_ready)}")
+            return error_response(503, f"models not ready: {', '.join(not_ready)}")
         return Response(status_code=200)
 
     @api.post("/repository/index")
     async def repository_index(self) -> list[dict[str, Any]]:
+        states = await asyncio.gather(*(self._model_ready(n) for n in sorted(self.entries)))
         return [
-            {"name": name, "version": v, "state": "READY"}
-            for name, entry in sorted(self.entries.items())
+            {"name": name, "version": v, "state": "READY" if ok else "UNAVAILABLE"}
+            for (name, entry), ok in zip(sorted(self.entries.items()), states, strict=True)
             for v in entry.versions
         ]
 
-    # -- models --------------------------------------------------------------
+    @api.api_route("/models/{name}", methods=["GET", "POST"])
+    async def model(self, name: str) -> Response:
+        return self._not_running(name)
 
-    @api.get("/models/{name}")
-    async def model_metadata(self, name: str) -> dict[str, Any]:
-        return self._entry(name).metadata()
+    @api.api_route("/models/{name}/{rest:path}", methods=["GET", "POST"])
+    async def model_route(self, name: str, rest: str) -> Response:
+        return self._not_running(name)
 
-    @api.get("/models/{name}/versions/{version}")
-    async def model_version_metadata(self, name: str, version: str) -> dict[str, Any]:
-        entry = self._entry(name)
-        entry.resolve_version(version)
-        return entry.metadata()
-
-    @api.get("/models/{name}/ready")
-    async def model_ready(self, name: str) -> Response:
-        return await self._ready_response(name, None)
-
-    @api.get("/models/{name}/versions/{version}/ready")
-    async def model_version_ready(self, name: str, version: str) -> Response:
-        return await self._ready_response(name, version)
-
-    async def _ready_response(self, name: str, version: str | None) -> Response:
-        entry = self._entry(name)
-        chosen = entry.resolve_version(version)
-        if not await self._model_ready(name, chosen):
-            raise ModelNotReadyError(f"model {name!r} version {chosen} is not ready")
-        return Response(status_code=200)
-
-    @api.get("/models/{name}/config")
-    async def model_config(self, name: str) -> dict[str, Any]:
-        return self._entry(name).config.to_json()
-
-    @api.get("/models/{name}/versions/{version}/config")
-    async def model_version_config(self, name: str, version: str) -> dict[str, Any]:
-        entry = self._entry(name)
-        entry.resolve_version(version)
-        return entry.config.to_json()
-
-    @api.post("/models/{name}/infer")
-    async def infer(self, name: str, request: Request) -> Response:
-        return await self._infer(name, None, request)
-
-    @api.post("/models/{name}/versions/{version}/infer")
-    async def infer_version(self, name: str, version: str, request: Request) -> Response:
-        return await self._infer(name, version, request)
-
-    async def _infer(self, name: str, version: str | None, request: Request) -> Response:
+    def _not_running(self, name: str) -> Response:
+        """A model route that reached the server: the model has no application running."""
         if name not in self.entries:
             self.metrics.request("", 404)  # unknown names would make unbounded label values
-            self._entry(name)
-        entry = self.entries[name]
-        try:
-            chosen = entry.resolve_version(version)
-            body = await _read_body(request, self.max_request_bytes)
-            decoded = decode_request(body, _header_length(request))
-            arrays = validate_request(decoded, entry.config)
-        except InferenceError as exc:
-            self.metrics.request(name, exc.status_code)  # the model deployment never sees it
-            raise
-        try:
-            result = await self.handles[name].infer.remote(arrays, decoded.output_names(), chosen)
-        except Exception as exc:
-            cause = _unwrap(exc)
-            if isinstance(cause, InferenceError):
-                raise cause from None
-            log.exception("inference on model %s failed", name)
-            raise ModelFailedError(f"model {name!r} failed: {cause}") from None
-        response = InferResponse(
-            model_name=name,
-            model_version=chosen,
-            outputs=[Tensor.from_numpy(n, a) for n, a in result.items()],
-            id=decoded.id,
-        )
-        body, header_length = encode_response(response, binary_output_names(decoded, result))
-        if header_length is None:
-            return Response(body, media_type="application/json")
-        return Response(
-            body,
-            media_type="application/octet-stream",
-            headers={HEADER_LENGTH: str(header_length)},
+            raise UnknownModelError(
+                f"unknown model {name!r}; models served: {', '.join(sorted(self.entries)) or 'none'}"
+            )
+        app = model_app_name(serve.get_replica_context().app_name, name)
+        raise ModelNotReadyError(
+            f"model {name!r} is not being served: its Serve application {app!r} is not running "
+            "(see `serve status`)"
         )
 
 
-# --------------------------------------------------------------------------- builder
+# --------------------------------------------------------------------------- builders
 
 
 def _api_token(args: InferenceAppArgs) -> SecretStr | None:
@@ -313,10 +214,69 @@ def _api_token(args: InferenceAppArgs) -> SecretStr | None:
     return load_settings().serve.api_token
 
 
-def _model_app(plan: ModelPlan, args: InferenceAppArgs, has_gpu: bool | None) -> Any:
-    config = plan.entry.config
+def _as_args(args: InferenceAppArgs | dict[str, Any]) -> InferenceAppArgs:
+    return args if isinstance(args, InferenceAppArgs) else InferenceAppArgs.model_validate(args)
+
+
+def _entries(args: InferenceAppArgs) -> dict[str, ModelEntry]:
+    repository = ModelRepository(resolve_repository(args.model_repository))
+    entries: dict[str, ModelEntry] = {}
+    for name in args.models if args.models is not None else repository.names():
+        try:
+            entries[name] = repository.model(name)
+        except (ModelRepositoryError, UnknownModelError) as exc:
+            if args.skip_invalid_models and args.models is None:
+                log.warning("not serving model %s: %s", name, exc)
+                continue
+            raise
+    if not entries:
+        raise ModelRepositoryError(
+            f"model repository {str(repository.root)!r} has no model to serve"
+        )
+    return entries
+
+
+def _cluster_has_gpu() -> bool | None:
+    """True/False when connected to Ray, None when the builder runs outside a cluster."""
+    if not ray.is_initialized():
+        return None
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def build_app(args: InferenceAppArgs | dict[str, Any]) -> serve.Application:
+    """The inference application: the server's routes over the models of the repository."""
+    args = _as_args(args)
+    entries = _entries(args)
+    for entry in entries.values():
+        batch_settings(entry, args)  # the model applications' arguments, checked up front
+    log.info("inference app: models %s", ", ".join(entries))
+    return InferenceIngress.options(max_ongoing_requests=args.ingress_max_ongoing_requests).bind(  # type: ignore[attr-defined]
+        entries, _api_token(args)
+    )
+
+
+def build_model_app(args: InferenceAppArgs | dict[str, Any]) -> serve.Application:
+    """The application of one model (``args.model``): its deployment is its HTTP ingress."""
+    args = _as_args(args)
+    if args.model is None:
+        raise ModelRepositoryError(
+            "a model application needs `model` in its args (the model it serves)"
+        )
+    entry = _entries(args.model_copy(update={"models": [args.model]}))[args.model]
+    config = entry.config
+    size, wait = batch_settings(entry, args)
+    plan = ModelPlan(
+        entry,
+        size,
+        wait,
+        args.device,
+        args.triton_url,
+        args.triton_protocol,
+        args.max_request_bytes,
+        _api_token(args),
+    )
     num_gpus = config.num_gpus
-    if num_gpus > 0 and has_gpu is False:
+    if num_gpus > 0 and _cluster_has_gpu() is False:
         if not args.gpu_fallback:
             raise ModelRepositoryError(
                 f"model {config.name!r} asks for {num_gpus} GPU per replica but the cluster has no GPU"
@@ -333,7 +293,7 @@ def _model_app(plan: ModelPlan, args: InferenceAppArgs, has_gpu: bool | None) ->
             "num_cpus": config.num_cpus if config.num_cpus is not None else args.num_cpus,
             "num_gpus": num_gpus,
         },
-        "max_ongoing_requests": args.max_ongoing_requests or max(2 * plan.max_batch_size, 16),
+        "max_ongoing_requests": args.max_ongoing_requests or max(4 * size, 32),
     }
     if args.autoscaling is not None:
         options["autoscaling_config"] = args.autoscaling.model_dump()
@@ -342,38 +302,27 @@ def _model_app(plan: ModelPlan, args: InferenceAppArgs, has_gpu: bool | None) ->
     return ModelDeployment.options(**options).bind(plan)  # type: ignore[attr-defined]
 
 
-def _cluster_has_gpu() -> bool | None:
-    """True/False when connected to Ray, None when the builder runs outside a cluster."""
-    if not ray.is_initialized():
-        return None
-    return ray.cluster_resources().get("GPU", 0) > 0
+def deploy(
+    args: InferenceAppArgs | dict[str, Any],
+    name: str = APP_NAME,
+    route_prefix: str = ROUTE_PREFIX,
+    blocking: bool = False,
+) -> list[str]:
+    """Run the inference application and one application per model; returns the models.
 
-
-def build_app(args: InferenceAppArgs | dict[str, Any]) -> serve.Application:
-    """The inference application: one deployment per model plus the HTTP ingress."""
-    if not isinstance(args, InferenceAppArgs):
-        args = InferenceAppArgs.model_validate(args)
-    repository = ModelRepository(resolve_repository(args.model_repository))
-    entries: dict[str, ModelEntry] = {}
-    for name in args.models if args.models is not None else repository.names():
-        try:
-            entries[name] = repository.model(name)
-        except (ModelRepositoryError, UnknownModelError) as exc:
-            if args.skip_invalid_models and args.models is None:
-                log.warning("not serving model %s: %s", name, exc)
-                continue
-            raise
-    if not entries:
-        raise ModelRepositoryError(
-            f"model repository {str(repository.root)!r} has no model to serve"
+    ``blocking=False`` returns once the applications are deployed; the model
+    applications are started first, so the server's readiness sees them.
+    """
+    args = _as_args(args)
+    if "api_token" not in args.model_fields_set:
+        args = args.model_copy(update={"api_token": _api_token(args)})
+    models = list(_entries(args))
+    for model in models:
+        serve.run(
+            build_model_app(args.model_copy(update={"model": model, "models": None})),
+            name=model_app_name(name, model),
+            route_prefix=model_route_prefix(route_prefix, model),
+            blocking=False,
         )
-    has_gpu = _cluster_has_gpu()
-    handles = {}
-    for name, entry in entries.items():
-        size, wait = batch_settings(entry, args)
-        plan = ModelPlan(entry, size, wait, args.device, args.triton_url, args.triton_protocol)
-        handles[name] = _model_app(plan, args, has_gpu)
-    log.info("inference app: serving %s from %s", ", ".join(entries), repository.root)
-    return InferenceIngress.options(max_ongoing_requests=args.ingress_max_ongoing_requests).bind(  # type: ignore[attr-defined]
-        entries, handles, args.max_request_bytes, _api_token(args)
-    )
+    serve.run(build_app(args), name=name, route_prefix=route_prefix, blocking=blocking)
+    return models

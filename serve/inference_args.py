@@ -1,8 +1,9 @@
 """Arguments of the inference application, and what the builder decides from them per model.
 
 :class:`InferenceAppArgs` is the ``args`` of the Serve config
-(``serve/inference.yaml``); :class:`ModelPlan` is what one model deployment
-needs, decided once by :func:`serve.inference.build_app`.
+(``serve/inference.yaml``) of the inference application and of each model's
+application; :class:`ModelPlan` is what one model deployment needs, decided once
+by :func:`serve.inference.build_model_app`.
 """
 
 from dataclasses import dataclass
@@ -59,6 +60,11 @@ class InferenceAppArgs(BaseModel):
         "directory, then from the clara-ray source tree.",
     )
     models: list[str] | None = Field(None, description="Models to serve; default: every model.")
+    model: str | None = Field(
+        None,
+        description="The one model of a model application (serve.inference:build_model_app, "
+        "route prefix /v2/models/<model>); not used by the inference application itself.",
+    )
     api_token: SecretStr | None = Field(
         None,
         description="Bearer token every route but /v2/health/* requires (`clara-ray up` passes "
@@ -119,6 +125,8 @@ class ModelPlan:
     device: str
     triton_url: str | None
     triton_protocol: Literal["http", "grpc"]
+    max_request_bytes: int
+    api_token: SecretStr | None
 
 
 def resolve_repository(path: str) -> Path:

@@ -1,11 +1,14 @@
-"""The Ray Serve deployment of one model, ``model-<name>``.
+"""The Ray Serve deployment of one model, ``model-<name>``: the ingress of the model's application.
 
 A thin wrapper over a :mod:`clara_ray.inference.backends` class: replicas and
 ``num_gpus`` per replica come from the model's ``config.pbtxt``,
 ``@serve.batch`` batches dynamically counted in rows, and ``check_health``
-reports a broken backend.  The ingress and
-:class:`clara_ray.inference.clients.ServeClient` call it through
-DeploymentHandles.
+reports a broken backend.  It answers the model's KServe v2 routes itself
+(:mod:`clara_ray.inference.routes`, on route prefix ``/v2/models/<name>``), so
+an HTTP request crosses no deployment but this one; the body's binary tensors
+are decoded in place (``np.frombuffer``).
+:class:`clara_ray.inference.clients.ServeClient` calls :meth:`ModelDeployment.infer`
+through a DeploymentHandle.
 """
 
 import asyncio
@@ -18,13 +21,19 @@ from typing import Any
 import numpy as np
 import ray
 from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from clara_ray.inference.backends import Backend, TorchScriptBackend, TritonBackend
-from clara_ray.inference.errors import InferenceError, ModelFailedError
+from clara_ray.inference.errors import InferenceError, ModelFailedError, ModelNotReadyError
+from clara_ray.inference.messages import decode_request
 from clara_ray.inference.metrics import InferenceMetrics
-from clara_ray.inference.validate import validate_inputs, validate_outputs
+from clara_ray.inference.routes import model_route, relative_path
+from clara_ray.inference.validate import validate_inputs, validate_outputs, validate_request
 from clara_ray.phi import keep_patient_data_out_of_logs
+from serve.auth import UNAUTHORIZED, scope_allowed
 from serve.inference_args import ModelPlan
+from serve.kserve_http import error_response, header_length, infer_response, read_body
 
 __all__ = ["ModelDeployment"]
 
@@ -67,6 +76,40 @@ class ModelDeployment:
         self._run_batch.set_max_batch_size(plan.max_batch_size)  # type: ignore[attr-defined]
         self._run_batch.set_batch_wait_timeout_s(plan.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
+    async def __call__(self, request: Request) -> Response:
+        """The model's HTTP routes (below its application's route prefix)."""
+        try:
+            if not scope_allowed(request.scope, self.plan.api_token):
+                return error_response(401, UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
+            path = relative_path(request.scope.get("path", ""), request.scope.get("root_path", ""))
+            route = model_route(request.method, path, self.name)
+            if route.action == "infer":
+                return await self._http_infer(route.version, request)
+            chosen = self.entry.resolve_version(route.version)
+            if route.action == "metadata":
+                return JSONResponse(self.entry.metadata())
+            if route.action == "config":
+                return JSONResponse(self.entry.config.to_json())
+            if not self.ready(chosen):
+                raise ModelNotReadyError(f"model {self.name!r} version {chosen} is not ready")
+            return Response(status_code=200)
+        except InferenceError as exc:
+            return error_response(exc.status_code, str(exc))
+
+    async def _http_infer(self, version: str | None, request: Request) -> Response:
+        start = time.perf_counter()
+        try:
+            chosen = self.entry.resolve_version(version)
+            body = await read_body(request, self.plan.max_request_bytes)
+            decoded = decode_request(body, header_length(request))
+            arrays = validate_request(decoded, self.entry.config)
+            names = validate_outputs(self.entry.config, decoded.output_names())
+        except InferenceError as exc:
+            self.metrics.request(self.name, exc.status_code)
+            raise
+        result = await self._infer_valid(chosen, arrays, names, start)
+        return infer_response(self.name, chosen, decoded, result)
+
     async def infer(
         self,
         inputs: dict[str, np.ndarray],
@@ -79,15 +122,24 @@ class ModelDeployment:
             chosen = self.entry.resolve_version(version)
             validate_inputs(self.entry.config, inputs)
             names = validate_outputs(self.entry.config, outputs)
+        except InferenceError as exc:
+            self.metrics.request(self.name, exc.status_code)
+            raise
+        return await self._infer_valid(chosen, inputs, names, start)
+
+    async def _infer_valid(
+        self, version: str, inputs: dict[str, np.ndarray], names: list[str], start: float
+    ) -> dict[str, np.ndarray]:
+        try:
             rows = (
                 int(next(iter(inputs.values())).shape[0])
                 if self.entry.config.max_batch_size > 0 and inputs
                 else 1
             )
             if rows > self.plan.max_batch_size:  # larger requests run alone, unsplit
-                result = await asyncio.to_thread(self._run_alone, chosen, inputs, names)
+                result = await asyncio.to_thread(self._run_alone, version, inputs, names)
             else:
-                result = await self._run_batch(_Item(chosen, inputs, names, rows))
+                result = await self._run_batch(_Item(version, inputs, names, rows))
         except InferenceError as exc:
             self.metrics.request(self.name, exc.status_code)
             raise

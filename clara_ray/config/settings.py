@@ -177,8 +177,9 @@ class ServeSettings(_Section):
         description="Import path of the Serve application builder that `clara-ray up` deploys.",
     )
     inference_app: str | None = Field(
-        "serve.inference:build_app",
-        description="Import path of the inference application (KServe v2 on /v2); empty: none.",
+        "serve.inference:deploy",
+        description="Import path of the function that deploys the inference applications "
+        "(KServe v2 on /v2, one application per model); empty: none.",
     )
     model_repository: Path = Field(
         Path("models"), description="Model repository (Triton layout) the inference app serves."
@@ -192,6 +193,15 @@ class ServeSettings(_Section):
         "(127.0.0.0/8, ::1, localhost) needs serve.api_token.",
     )
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of Ray Serve's proxy.")
+    ingress: Literal["proxy", "haproxy"] = Field(
+        "proxy",
+        description="HTTP front of Ray Serve on the Ray head `clara-ray up` starts: proxy "
+        "(Serve's HTTP proxy actor; listens on serve.host:serve.port only) or haproxy (Ray's "
+        "HAProxy ingress with direct ingress and Serve's throughput settings: a request goes "
+        "from HAProxy straight to its application's replica, about 2.3x the inference "
+        "throughput; HAProxy also opens its stats port 8404 and metrics port 9101 on every "
+        "interface, and one such Ray per machine). Read when the Ray head starts.",
+    )
     api_token: SecretStr | None = Field(
         None,
         description="Bearer token that every HTTP route but the health checks requires "

@@ -1,8 +1,8 @@
 """Inference clients for operators: ``make_client(ServiceSpec)`` gives the same API over Serve or Triton.
 
 - :class:`ServeClient` (``kind: serve``) calls the model's Ray Serve deployment
-  in the inference application through a DeploymentHandle: no HTTP hop, and it
-  works from inside Ray tasks.
+  (in the model's own application, ``<app>-<model>``) through a DeploymentHandle:
+  no HTTP hop, and it works from inside Ray tasks.
 - :class:`TritonClient` (``kind: triton``) calls a Triton Inference Server at
   ``url`` with ``tritonclient.http`` or ``tritonclient.grpc``.
 
@@ -35,6 +35,8 @@ __all__ = [
     "TritonClient",
     "deployment_name",
     "make_client",
+    "model_app_name",
+    "model_route_prefix",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,18 @@ DEPLOYMENT_PREFIX = "model-"
 
 
 def deployment_name(model: str) -> str:
-    """The Serve deployment that serves ``model`` in the inference application."""
+    """The Serve deployment that serves ``model`` (the ingress of its application)."""
     return f"{DEPLOYMENT_PREFIX}{model}"
+
+
+def model_app_name(app: str, model: str) -> str:
+    """The Serve application of ``model`` beside the inference application ``app``."""
+    return f"{app}-{model}"
+
+
+def model_route_prefix(route_prefix: str, model: str) -> str:
+    """The route prefix of ``model``'s application under the inference app's ``route_prefix``."""
+    return f"{route_prefix.rstrip('/')}/models/{model}"
 
 
 class InferenceClient(ABC):
@@ -96,11 +108,12 @@ class InferenceClient(ABC):
 
 
 class ServeClient(InferenceClient):
-    """The model's deployment in the Serve inference application, through a DeploymentHandle."""
+    """The model's deployment in its Serve application, through a DeploymentHandle."""
 
     def __init__(self, spec: ServiceSpec, timeout_s: float = 300.0) -> None:
         super().__init__(spec)
         self.deployment = deployment_name(spec.model)
+        self.app = model_app_name(spec.app, spec.model)
         self.timeout_s = timeout_s
         self._handle: Any = None
 
@@ -112,14 +125,14 @@ class ServeClient(InferenceClient):
             if not ray.is_initialized():
                 raise InferenceServiceError(
                     f"{self.label}: not connected to a Ray cluster; the Serve application "
-                    f"{self.spec.app!r} is reached from Ray tasks or after ray.init()"
+                    f"{self.app!r} is reached from Ray tasks or after ray.init()"
                 )
             try:
-                self._handle = serve.get_deployment_handle(self.deployment, app_name=self.spec.app)
+                self._handle = serve.get_deployment_handle(self.deployment, app_name=self.app)
             except Exception as exc:  # Serve raises several types here; all mean "not there"
                 raise InferenceServiceError(
                     f"{self.label}: deployment {self.deployment!r} of Serve application "
-                    f"{self.spec.app!r} is not reachable (is the inference application running and "
+                    f"{self.app!r} is not reachable (is the inference application running and "
                     f"serving model {self.spec.model!r}?): {exc}"
                 ) from None
         return self._handle

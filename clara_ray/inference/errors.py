@@ -12,10 +12,12 @@ __all__ = [
     "InferenceError",
     "InferenceServiceError",
     "InvalidRequestError",
+    "MethodNotAllowedError",
     "ModelFailedError",
     "ModelNotReadyError",
     "ModelRepositoryError",
     "RequestTooLargeError",
+    "RouteNotFoundError",
     "UnknownModelError",
 ]
 
@@ -41,6 +43,21 @@ class UnknownModelError(InferenceError, LookupError):
 
     def __str__(self) -> str:  # LookupError would quote a KeyError-style argument
         return str(self.args[0]) if self.args else ""
+
+
+class RouteNotFoundError(InferenceError, LookupError):
+    """No route of the protocol has this path (HTTP 404)."""
+
+    status_code = 404
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class MethodNotAllowedError(InferenceError):
+    """The route exists but not for this HTTP method (HTTP 405)."""
+
+    status_code = 405
 
 
 class ModelNotReadyError(InferenceError):

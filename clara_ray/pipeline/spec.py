@@ -144,7 +144,11 @@ class ServiceSpec(_Strict):
     version: str | None = Field(None, description="Model version; default: the model's default.")
     url: str | None = Field(None, description="Triton URL (host:port, http or grpc), kind triton.")
     protocol: Literal["http", "grpc"] = Field("http", description="Triton protocol, kind triton.")
-    app: str = Field("clara-inference", description="Serve application name, kind serve.")
+    app: str = Field(
+        "clara-inference",
+        description="Serve inference application, kind serve; the model is served by its "
+        "application <app>-<model>.",
+    )
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
 

@@ -24,7 +24,7 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 def host(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from ray import serve
 
-    from serve.inference import build_app
+    from serve.inference import deploy
     from serve.inference_args import InferenceAppArgs
 
     repository = make_repository(tmp_path_factory.mktemp("inference-auth") / "models")
@@ -34,7 +34,7 @@ def host(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         args = InferenceAppArgs(
             model_repository=str(repository), models=["liver-seg"], num_cpus=0, api_token=TOKEN
         )
-        serve.run(build_app(args), name="clara-inference-auth", route_prefix="/v2")
+        deploy(args, name="clara-inference-auth", route_prefix="/v2")
         yield f"127.0.0.1:{port}"
     finally:
         serve.shutdown()

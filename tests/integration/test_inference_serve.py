@@ -23,7 +23,13 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from clara_ray.inference.backends import TritonBackend
-from clara_ray.inference.clients import ServeClient, TritonClient, deployment_name, make_client
+from clara_ray.inference.clients import (
+    ServeClient,
+    TritonClient,
+    deployment_name,
+    make_client,
+    model_app_name,
+)
 from clara_ray.inference.errors import InferenceServiceError, InvalidRequestError, UnknownModelError
 from clara_ray.inference.messages import HEADER_LENGTH, decode_response, encode_request
 from clara_ray.inference.repository import ModelRepository
@@ -107,7 +113,7 @@ class Endpoint:
 def endpoint(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     from ray import serve
 
-    from serve.inference import build_app
+    from serve.inference import deploy
     from serve.inference_args import InferenceAppArgs
 
     repository = make_repository(tmp_path_factory.mktemp("inference") / "models")
@@ -117,7 +123,7 @@ def endpoint(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         args = InferenceAppArgs(
             model_repository=str(repository), num_cpus=0, max_request_bytes=LIMIT
         )
-        serve.run(build_app(args), name=APP, route_prefix="/v2")
+        deploy(args, name=APP, route_prefix="/v2")
         yield Endpoint(f"127.0.0.1:{port}", repository)
     finally:
         serve.shutdown()
@@ -251,7 +257,7 @@ def test_serve_client_through_a_handle(endpoint: Endpoint) -> None:
     missing = make_client(ServiceSpec(name="lung", kind="serve", model="lung-seg"))
     with pytest.raises(
         InferenceServiceError,
-        match=r"inference service 'lung' .*deployment 'model-lung-seg' of Serve application 'clara-inference' is not reachable",
+        match=r"inference service 'lung' .*deployment 'model-lung-seg' of Serve application 'clara-inference-lung-seg' is not reachable",
     ):
         missing.predict(x)
 
@@ -555,7 +561,9 @@ def test_tritonclient_sees_errors_and_the_model_still_serves(endpoint: Endpoint)
 def _replica_stats(model: str, replicas: int) -> dict[str, dict[str, Any]]:
     from ray import serve
 
-    handle = serve.get_deployment_handle(deployment_name(model), app_name=APP)
+    handle = serve.get_deployment_handle(
+        deployment_name(model), app_name=model_app_name(APP, model)
+    )
     seen: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + 60
     while len(seen) < replicas and time.monotonic() < deadline:
@@ -642,7 +650,8 @@ def test_metrics_reach_the_prometheus_endpoint(endpoint: Endpoint) -> None:
 
 
 def test_shipped_serve_config_builds() -> None:
-    """serve/inference.yaml validates, and its import path and args build the application."""
+    """serve/inference.yaml validates, and each application's import path and args build it:
+    the server's routes on /v2, and the liver-seg model's own application under them."""
     import yaml
     from ray._common.utils import import_attr
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
@@ -651,10 +660,13 @@ def test_shipped_serve_config_builds() -> None:
     config = ServeDeploySchema.model_validate(
         yaml.safe_load((ROOT / "serve" / "inference.yaml").read_text())
     )
-    (app,) = config.applications
-    assert (app.name, app.route_prefix) == (APP, "/v2")
-    built = call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), app.args)
-    assert type(built).__name__ == "Application"
+    apps = {app.name: app for app in config.applications}
+    assert apps[APP].route_prefix == "/v2"
+    model_app = apps[model_app_name(APP, "liver-seg")]
+    assert model_app.route_prefix == "/v2/models/liver-seg"
+    for app in apps.values():
+        built = call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), app.args)
+        assert type(built).__name__ == "Application"
 
 
 def test_builder_rejects_bad_args(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def serve_url(ray_session: None, triton: TritonServer) -> Iterator[str]:
     deployment forwards to the Triton server (the TritonBackend option)."""
     from ray import serve
 
-    from serve.inference import build_app
+    from serve.inference import deploy
     from serve.inference_args import InferenceAppArgs
 
     port = free_port()
@@ -42,9 +42,9 @@ def serve_url(ray_session: None, triton: TritonServer) -> Iterator[str]:
         args = InferenceAppArgs(
             model_repository=str(triton.repository.root), models=["liver-seg"], num_cpus=0
         )
-        serve.run(build_app(args), name="clara-inference", route_prefix="/v2")
+        deploy(args, name="clara-inference", route_prefix="/v2")
         forward = args.model_copy(update={"triton_url": triton.http_url})
-        serve.run(build_app(forward), name="clara-forward", route_prefix="/forward")
+        deploy(forward, name="clara-forward", route_prefix="/forward")
         yield f"127.0.0.1:{port}"
     finally:
         serve.shutdown()

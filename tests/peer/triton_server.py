@@ -41,7 +41,14 @@ import pytest
 from clara_ray.inference.repository import ModelRepository
 from clara_ray.inference.torchscript_check import check_torchscript
 
-__all__ = ["VENV", "TritonServer", "TritonServerError", "ensure_venv", "triton_fixture"]
+__all__ = [
+    "VENV",
+    "TritonServer",
+    "TritonServerError",
+    "ensure_venv",
+    "free_port",
+    "triton_fixture",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-triton"
@@ -105,6 +112,11 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def free_port() -> int:
+    """A free TCP port of 127.0.0.1 (importing this module leaves the environment alone)."""
+    return _free_ports(1)[0]
 
 
 def _free_ports(count: int) -> list[int]:

@@ -701,11 +701,15 @@ def test_serve_config_is_a_valid_serve_deploy_config_with_no_unknown_key(which: 
     schema = ServeDeploySchema.model_validate(config)
     assert unknown_keys(config, ServeDeploySchema) == [], which
     apps = {app.name: app for app in schema.applications}
-    assert set(apps) == {"clara-api", "clara-inference"}
+    assert set(apps) == {"clara-api", "clara-inference", "clara-inference-liver-seg"}
     assert apps["clara-api"].route_prefix == "/"
     assert apps["clara-api"].import_path == "serve.api:build_app"
     assert apps["clara-inference"].route_prefix == "/v2"
     assert apps["clara-inference"].import_path == "serve.inference:build_app"
+    model_app = apps["clara-inference-liver-seg"]
+    assert model_app.route_prefix == "/v2/models/liver-seg"
+    assert model_app.import_path == "serve.inference:build_model_app"
+    assert model_app.args["model"] == "liver-seg"
     assert schema.http_options.port == 8000
 
 
