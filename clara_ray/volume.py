@@ -5,7 +5,9 @@ patient space, and the DICOM references that writers of derived objects (SEG,
 SR) need.  It travels between operators through Ray's object store: its numpy
 array is serialized out of band, so a reader on the same node gets it
 zero-copy and read-only.  On a GPU node the array may be a cupy array; code
-picks its array module with :func:`array_module`.
+picks its array module with :func:`array_module`, and :func:`cuda_array_module`
+gives cupy where it can run (the ``gpu`` extra, ``pip install 'clara-ray[gpu]'``,
+installs it).
 
 Axis convention: ``array`` is indexed ``[slice, row, column]``.  ``spacing``
 is in millimetres in the same order.  ``origin`` is the patient-space (LPS)
@@ -17,13 +19,27 @@ and increasing slice index (the slice normal as the slices are ordered).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-__all__ = ["InstanceReference", "SeriesReference", "Volume", "array_module"]
+from clara_ray.errors import ClaraError
+
+__all__ = [
+    "GPU_EXTRA",
+    "CudaUnavailableError",
+    "InstanceReference",
+    "SeriesReference",
+    "Volume",
+    "array_module",
+    "cuda_array_module",
+]
+
+GPU_EXTRA = "pip install 'clara-ray[gpu]'"
+"""The command that installs cupy, for messages about a GPU that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -121,3 +137,41 @@ def array_module(array: Any) -> ModuleType:
 
         return cupy
     return np
+
+
+class CudaUnavailableError(ClaraError, RuntimeError):
+    """cupy cannot run in this process; the message says what is missing and how to fix it."""
+
+
+@functools.cache
+def _cupy_status() -> tuple[ModuleType | None, str]:
+    """``(cupy, "")`` when cupy imports and runs a kernel on a CUDA device, else ``(None, why)``."""
+    try:
+        import cupy
+    except ImportError as exc:
+        return None, f"cupy is not installed ({exc}); install the gpu extra: {GPU_EXTRA}"
+    try:
+        count = int(cupy.cuda.runtime.getDeviceCount())
+        if count < 1:
+            return None, "cupy sees no CUDA device (CUDA_VISIBLE_DEVICES hides them, or no GPU)"
+        if int((cupy.arange(4, dtype=cupy.int32) * 2).sum()) != 12:
+            return None, "cupy computed a wrong result on the CUDA device"
+    except Exception as exc:
+        return None, (
+            f"cupy {cupy.__version__} cannot run on a CUDA device ({type(exc).__name__}: {exc}); "
+            f"it needs an NVIDIA driver and the CUDA 12 libraries (CUDA Toolkit 12, or "
+            f"pip install 'cupy-cuda12x[ctk]')"
+        )
+    return cupy, ""
+
+
+def cuda_array_module() -> ModuleType:
+    """``cupy``, checked once per process to run on its current CUDA device.
+
+    Raises :class:`CudaUnavailableError` naming what is missing: cupy itself
+    (install the ``gpu`` extra), a device, or the driver and CUDA libraries.
+    """
+    module, why = _cupy_status()
+    if module is None:
+        raise CudaUnavailableError(why)
+    return module

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,24 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     """The torch device to run on: ``None`` or ``"auto"`` picks CUDA when available, else CPU.
 
     An explicit CUDA device on a machine without CUDA is an error rather than a
-    silent fall back, so that a misconfigured GPU node shows up.
+    silent fall back, so that a misconfigured GPU node shows up.  ``"auto"`` in
+    a process that was given a GPU (``CUDA_VISIBLE_DEVICES`` names one, as Ray
+    sets it for a task or replica with ``num_gpus``) but where torch sees no
+    CUDA logs a warning and picks the CPU.
     """
     if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+        if visible not in ("", "-1", "NoDevFiles"):
+            log.warning(
+                "CUDA_VISIBLE_DEVICES=%s gives this process a GPU but torch %s (CUDA build %s) "
+                "sees no CUDA; running on CPU: install a CUDA build of torch, and check the NVIDIA driver",
+                visible,
+                torch.__version__,
+                torch.version.cuda or "none",
+            )
+        return torch.device("cpu")
     try:
         chosen = torch.device(device)
     except (RuntimeError, TypeError) as exc:

@@ -206,14 +206,22 @@ def liver_mask(
 
 
 def _device(ctx: OperatorContext) -> str:
+    """``"cuda"`` when the run was given a GPU and torch sees CUDA, else ``"cpu"``.
+
+    A run given a GPU that torch cannot use (a CPU-only torch build, no driver)
+    logs a warning saying so and runs on the CPU.
+    """
     if ctx.use_gpu and torch.cuda.is_available():
         return "cuda"
     if ctx.use_gpu:
         ctx.logger.warning(
-            "segment_liver job=%s operator=%s: assigned GPU %s but torch sees no CUDA; running on CPU",
+            "segment_liver job=%s operator=%s: assigned GPU %s but torch sees no CUDA; running on CPU "
+            "(torch %s, CUDA build %s: install a CUDA build of torch, and check the NVIDIA driver)",
             ctx.job_id,
             ctx.operator,
             list(ctx.gpu_ids),
+            torch.__version__,
+            torch.version.cuda or "none",
         )
     return "cpu"
 

@@ -4,6 +4,12 @@ The array logic is a set of pure functions over an array module ``xp``
 (numpy or cupy) and its matching ``ndimage`` module ``ndi`` (``scipy.ndimage``
 or ``cupyx.scipy.ndimage``), so the same code runs on a CPU or a GPU and is
 tested without a context.  :func:`segment_ct` is the operator.
+
+On a GPU: a cupy input volume is segmented on its device, and a numpy input is
+moved to the GPU when the operator's task was given one (``ctx.gpu_ids``) and
+cupy runs there (the ``gpu`` extra); its labels come back to the host as
+numpy, so any downstream task reads them with or without a GPU.  A task given
+a GPU on which cupy cannot run logs a warning saying why and runs on the CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import numpy as np
 import scipy.ndimage
 
 from clara_ray.context import OperatorContext
-from clara_ray.volume import Volume, array_module
+from clara_ray.volume import CudaUnavailableError, Volume, array_module, cuda_array_module
 
 __all__ = [
     "BODY",
@@ -132,6 +138,23 @@ def segment_list(labels: Volume) -> list[dict[str, Any]]:
     return [{"label": v, "name": f"segment {v}"} for v in values]
 
 
+def _gpu_module(ctx: OperatorContext) -> ModuleType | None:
+    """cupy when the run was given a GPU and cupy runs on it; None (with a warning) otherwise."""
+    if not ctx.use_gpu:
+        return None
+    try:
+        return cuda_array_module()
+    except CudaUnavailableError as exc:
+        ctx.logger.warning(
+            "segment_ct job=%s operator=%s: assigned GPU %s but %s; running on CPU",
+            ctx.job_id,
+            ctx.operator,
+            list(ctx.gpu_ids),
+            exc,
+        )
+        return None
+
+
 def segment_ct(
     ctx: OperatorContext,
     volume: Volume,
@@ -150,13 +173,19 @@ def segment_ct(
     Args: ``body_hu`` (body is above it), ``lung_hu`` (lung air is below it),
     ``bone_hu`` (bone is above it), ``min_component_mm3`` (smallest lung
     component kept), ``min_bone_mm3`` (smallest bone component kept).
-    Files: none.
+    Files: none.  Runs on the GPU (cupy) when the input is a cupy array, or
+    when the run was given a GPU and cupy runs on it; a numpy input gives
+    numpy labels either way.
     """
     voxel_mm3 = volume.voxel_volume_mm3
     min_lung = _min_voxels("min_component_mm3", min_component_mm3, voxel_mm3)
     min_bone = _min_voxels("min_bone_mm3", min_bone_mm3, voxel_mm3)
     hu = volume.array
     xp = array_module(hu)
+    on_host = xp is np
+    gpu = _gpu_module(ctx) if on_host else None
+    if gpu is not None:
+        xp, hu = gpu, gpu.asarray(hu)
     ndi = ndimage_module(xp)
 
     body = body_mask(hu, body_hu, xp, ndi)
@@ -166,12 +195,15 @@ def segment_ct(
 
     counts = xp.bincount(labels.ravel(), minlength=len(SEGMENTS) + 1)
     ctx.logger.info(
-        "segment_ct job=%s operator=%s: voxels body=%d lungs=%d bone=%d of %d",
+        "segment_ct job=%s operator=%s: device=%s voxels body=%d lungs=%d bone=%d of %d",
         ctx.job_id,
         ctx.operator,
+        "cpu" if xp is np else "gpu",
         int(counts[BODY]),
         int(counts[LUNGS]),
         int(counts[BONE]),
         int(labels.size),
     )
+    if on_host and xp is not np:
+        labels = labels.get()
     return {"labels": volume.with_array(labels, segments=[dict(s) for s in SEGMENTS])}

@@ -3,13 +3,15 @@
 Detached and restartable like the Core; it holds no state that storage does not
 (its caches refill).  Threaded (``max_concurrency``) so a slow 3D view does not
 hold up slice scrolling in another browser.  With ``render.num_gpus`` the actor
-gets a GPU and moves every volume it loads there (cupy), and the same view
-functions run on it.
+gets a GPU and moves every volume it loads there (cupy, the ``gpu`` extra), and
+the same view functions run on it.  An actor given a GPU on which cupy cannot
+run logs a warning saying why and renders on the CPU; ``ping`` tells which.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -20,19 +22,27 @@ from clara_ray.phi import keep_patient_data_out_of_logs
 from clara_ray.render.request import parse_view_request, parse_view_settings
 from clara_ray.render.service import RenderService
 from clara_ray.storage import Storage
-from clara_ray.volume import Volume
+from clara_ray.volume import CudaUnavailableError, Volume, cuda_array_module
 
-__all__ = ["RenderActor", "get_or_create_render"]
+__all__ = ["RenderActor", "get_or_create_render", "volume_mover"]
 
 log = logging.getLogger(__name__)
 _MIB = 1024 * 1024
 
 
-def _gpu_mover() -> Any:
-    """Moves volumes to this actor's GPU, or None when it has none."""
-    if not ray.get_gpu_ids():
+def volume_mover(gpu_ids: Sequence[Any]) -> Callable[[Volume], Volume] | None:
+    """Moves volumes to the GPU (cupy) when ``gpu_ids`` names one and cupy runs on it.
+
+    None (views on the CPU) without a GPU, or with one that cupy cannot use:
+    then a warning says why.
+    """
+    if not gpu_ids:
         return None
-    import cupy
+    try:
+        cupy = cuda_array_module()
+    except CudaUnavailableError as exc:
+        log.warning("render server: assigned GPU %s but %s; rendering on CPU", list(gpu_ids), exc)
+        return None
 
     def to_device(volume: Volume) -> Volume:
         return volume.with_array(cupy.asarray(volume.array))
@@ -43,18 +53,22 @@ def _gpu_mover() -> Any:
 class RenderActor:
     def __init__(self, settings: Settings) -> None:
         keep_patient_data_out_of_logs()
-        to_device = _gpu_mover()
+        self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        to_device = volume_mover(self.gpu_ids)
+        self.on_gpu = to_device is not None
         self.service = RenderService(
             Storage(settings.storage),
             cache_bytes=settings.render.cache_mb * _MIB,
             image_cache_bytes=settings.render.image_cache_mb * _MIB,
             to_device=to_device,
         )
-        log.info("render server started (%s)", "GPU" if to_device else "CPU")
+        log.info("render server started (%s)", "GPU" if self.on_gpu else "CPU")
 
     def ping(self) -> dict[str, Any]:
+        """``gpu``: whether views are computed on the GPU; ``gpu_ids``: the GPUs Ray assigned."""
         return {
-            "gpu": bool(ray.get_gpu_ids()),
+            "gpu": self.on_gpu,
+            "gpu_ids": self.gpu_ids,
             "cached_bytes": self.service.volumes_cache.nbytes,
         }
 
