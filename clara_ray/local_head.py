@@ -112,7 +112,7 @@ def start_head(settings: Settings, auth: str) -> dict[str, Any]:
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {
         **os.environ,
-        **ingress_env(settings.serve, settings.run_dir),
+        **ingress_env(settings.serve),
         "RAY_AUTH_MODE": auth,
         "PATH": path,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,16 @@ event loop, request logs buffered.  A stopping replica is kept 2 s (Ray's defaul
 for cloud load balancers) for HAProxy to drop it."""
 
 
-def ingress_env(serve_settings: ServeSettings, run_dir: Path) -> dict[str, str]:
-    """Environment of the Ray processes for ``serve.ingress`` (read when Ray starts);
-    HAProxy's files go under ``run_dir``."""
+def ingress_env(serve_settings: ServeSettings) -> dict[str, str]:
+    """Environment of the Ray processes for ``serve.ingress`` (read when Ray starts).
+
+    HAProxy's files go to ``<tmp>/clara-haproxy-<serve.port>``: one platform per port, and a
+    short path, as the admin socket's (which HAProxy nests one hash deeper) must stay
+    under the 108 bytes of a Unix socket address.
+    """
     if serve_settings.ingress != "haproxy":
         return {}
-    files = run_dir / "haproxy"
+    files = Path(tempfile.gettempdir()) / f"clara-haproxy-{serve_settings.port}"
     return {
         **_HAPROXY_ENV,
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(files / "haproxy.cfg"),

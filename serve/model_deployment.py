@@ -1,9 +1,10 @@
 """The Ray Serve deployment of one model, ``model-<name>``: the ingress of the model's application.
 
 A thin wrapper over a :mod:`clara_ray.inference.backends` class: replicas and
-``num_gpus`` per replica come from the model's ``config.pbtxt``,
-``@serve.batch`` batches dynamically counted in rows, and ``check_health``
-reports a broken backend.  It answers the model's KServe v2 routes itself
+``num_gpus`` per replica come from the model's ``config.pbtxt``, concurrent
+requests are batched counted in rows (:class:`~clara_ray.inference.batching.DynamicBatcher`:
+a batch is formed when the model is free, from every request queued by then), and
+``check_health`` reports a broken backend.  It answers the model's KServe v2 routes itself
 (:mod:`clara_ray.inference.routes`, on route prefix ``/v2/models/<name>``), so
 an HTTP request crosses no deployment but this one; the body's binary tensors
 are decoded in place (``np.frombuffer``).
@@ -25,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from clara_ray.inference.backends import Backend, TorchScriptBackend, TritonBackend
+from clara_ray.inference.batching import DynamicBatcher
 from clara_ray.inference.errors import InferenceError, ModelFailedError, ModelNotReadyError
 from clara_ray.inference.messages import decode_request
 from clara_ray.inference.metrics import InferenceMetrics
@@ -48,10 +50,6 @@ class _Item:
     rows: int
 
 
-def _batch_rows(items: list[_Item]) -> int:
-    return sum(item.rows for item in items)
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=10)
 class ModelDeployment:
     """Every served version of one model; requests are batched by :meth:`_run_batch`."""
@@ -73,8 +71,12 @@ class ModelDeployment:
                 )
         self.metrics = InferenceMetrics()
         self.batches: collections.deque[tuple[int, int]] = collections.deque(maxlen=1000)
-        self._run_batch.set_max_batch_size(plan.max_batch_size)  # type: ignore[attr-defined]
-        self._run_batch.set_batch_wait_timeout_s(plan.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self.batcher: DynamicBatcher[_Item, dict[str, np.ndarray]] = DynamicBatcher(
+            self._run_batch,
+            plan.max_batch_size,
+            plan.batch_wait_timeout_s,
+            rows=lambda item: item.rows,
+        )
 
     async def __call__(self, request: Request) -> Response:
         """The model's HTTP routes (below its application's route prefix)."""
@@ -139,7 +141,7 @@ class ModelDeployment:
             if rows > self.plan.max_batch_size:  # larger requests run alone, unsplit
                 result = await asyncio.to_thread(self._run_alone, version, inputs, names)
             else:
-                result = await self._run_batch(_Item(version, inputs, names, rows))
+                result = await self.batcher.submit(_Item(version, inputs, names, rows))
         except InferenceError as exc:
             self.metrics.request(self.name, exc.status_code)
             raise
@@ -158,9 +160,8 @@ class ModelDeployment:
         self.metrics.batch(self.name, self.batches[-1][1])
         return self.backends[version].infer(inputs, names)
 
-    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0, batch_size_fn=_batch_rows)
     async def _run_batch(self, items: list[_Item]) -> list[dict[str, np.ndarray]]:
-        rows = _batch_rows(items)
+        rows = sum(item.rows for item in items)
         self.batches.append((len(items), rows))
         self.metrics.batch(self.name, rows)
         return await asyncio.to_thread(self._compute, items)

@@ -358,6 +358,8 @@ def test_health_and_metadata(endpoint: Endpoint) -> None:
         ("/v2/models/liver-seg/versions/4/ready", 404, "model 'liver-seg' has no version '4'"),
         ("/v2/models/liver-seg/versions/4/config", 404, "model 'liver-seg' has no version '4'"),
         ("/v2/nothing/here", 404, "Not Found"),
+        ("/v2/models/liver-seg/predict", 404, "no route /v2/models/liver-seg/predict"),
+        ("/v2/models/liver-seg/infer", 405, "GET is not allowed on the infer route"),
     ],
 )
 def test_metadata_errors(endpoint: Endpoint, path: str, status: int, message: str) -> None:

@@ -167,3 +167,21 @@ def test_token_setting() -> None:
     with pytest.raises(ConfigError, match=r"key 'serve\.max_upload_mb'"):
         load_settings(env={"CLARA_RAY_SERVE__MAX_UPLOAD_MB": "0"})
     assert load_settings(env={}).serve.max_upload_mb == 2048
+
+
+def test_ingress_env_turns_on_haproxy_only_when_asked() -> None:
+    """serve.ingress picks the environment Ray's processes start with: nothing for Serve's
+    own proxy; Ray's HAProxy and throughput settings, with HAProxy's files (its admin socket
+    nested one hash folder deeper) at a path short enough for a Unix socket, per port."""
+    from clara_ray.config.settings import ServeSettings
+    from clara_ray.serving import ingress_env
+
+    assert ingress_env(ServeSettings()) == {}
+    env = ingress_env(ServeSettings(ingress="haproxy", port=18000))
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert "clara-haproxy-18000" in env["RAY_SERVE_HAPROXY_SOCKET_PATH"]
+    assert len(env["RAY_SERVE_HAPROXY_SOCKET_PATH"]) + 57 < 108
+    assert ingress_env(ServeSettings(ingress="haproxy", port=18001)) != env
+    with pytest.raises(ValueError, match="ingress"):
+        ServeSettings(ingress="nginx")

@@ -497,3 +497,27 @@ def test_unknown_output() -> None:
         InvalidRequestError, match="model 'seg' has no output 'PROBS'; expected outputs: OUTPUT__0"
     ):
         validate_request(request, CONFIG)
+
+
+def test_model_routes_below_the_models_route_prefix() -> None:
+    from clara_ray.inference.errors import MethodNotAllowedError, RouteNotFoundError
+    from clara_ray.inference.routes import ModelRoute, model_route, relative_path
+
+    prefix = "/v2/models/liver-seg"
+    assert relative_path(prefix, prefix) == ""
+    assert relative_path(prefix + "/versions/2/infer", prefix) == "versions/2/infer"
+    assert relative_path("/infer", prefix) == "infer"  # a scope whose path is relative already
+    assert model_route("GET", "", "liver-seg") == ModelRoute("metadata")
+    assert model_route("HEAD", "ready", "liver-seg") == ModelRoute("ready")
+    assert model_route("GET", "config", "liver-seg") == ModelRoute("config")
+    assert model_route("POST", "infer", "liver-seg") == ModelRoute("infer")
+    assert model_route("POST", "versions/2/infer", "liver-seg") == ModelRoute("infer", "2")
+    assert model_route("GET", "versions/2", "liver-seg") == ModelRoute("metadata", "2")
+    with pytest.raises(RouteNotFoundError, match=r"no route /v2/models/liver-seg/predict"):
+        model_route("POST", "predict", "liver-seg")
+    with pytest.raises(RouteNotFoundError):
+        model_route("GET", "versions", "liver-seg")
+    with pytest.raises(MethodNotAllowedError, match="GET is not allowed on the infer route"):
+        model_route("GET", "infer", "liver-seg")
+    with pytest.raises(MethodNotAllowedError, match="use GET"):
+        model_route("POST", "config", "liver-seg")

@@ -856,3 +856,14 @@ def test_docs_name_cluster_paths_that_exist(doc: str) -> None:
     paths = set(re.findall(r"cluster/[A-Za-z0-9_./-]*[A-Za-z0-9_/-]", text))
     missing = sorted(p for p in paths if "*" not in p and not (ROOT / p).exists())
     assert not missing, f"{doc} names paths that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayservice.yaml"])
+def test_serving_clusters_run_serve_behind_haproxy(name: str) -> None:
+    """Every pod of the clusters that serve HTTP gets Ray's throughput settings for Serve
+    (HAProxy, direct ingress): Ray reads them when its processes start."""
+    spec = cluster_spec_of(resource(name, KINDS[name]))
+    for group, template in pod_templates(spec).items():
+        env = env_of(ray_container(template), base_configmaps())
+        assert env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1", (name, group)
+        assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1", (name, group)
