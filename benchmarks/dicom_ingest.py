@@ -19,7 +19,10 @@ run is verified: all instances must be in storescp's folder, in Orthanc (REST
 API) or in the adapter's spool (by SOP Instance UID), or the benchmark raises.
 Runs are interleaved (storescp, Orthanc, the adapters per round, Ray up throughout)
 so that drift in the machine's load or disk latency hits all receivers alike;
-figures are medians of ``repeats`` rounds; MB is 10^6 bytes.  The result also
+each figure is the median, minimum and maximum over ``repeats`` rounds
+(:func:`benchmarks.stats.spread`), each ratio the spread of the rounds' ratios
+(``ratio_<adapter>_over_<receiver>_<n>_association[s]``: instances/s of the adapter over
+those of the other receiver in the same round); MB is 10^6 bytes.  The result also
 gives how the default adapter's receivers shared each run and
 the disk's cost of one durable write (write + fsync of file and folder).
 Progress goes to stderr.
@@ -39,6 +42,8 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from benchmarks.stats import ratio_spread, spread
 
 ROOT = Path(__file__).resolve().parent.parent
 SLICES = 300
@@ -234,7 +239,7 @@ class _Adapter:
 
     def spooled(self, ae_title: str) -> set[str]:
         """SOP Instance UIDs of the complete instances in the spool for ``ae_title``."""
-        from clara_ray.dicom.spool import aet_folder
+        from clara_ray.dicom.spool.names import aet_folder
 
         spool = self.settings.spool_dir
         found = set()
@@ -267,13 +272,16 @@ class _Adapter:
 
 
 def _figures(seconds: list[float], instances: int, size: int) -> dict[str, Any]:
-    median = statistics.median(seconds)
+    """Median and range over the runs of instances/s, MB/s and seconds."""
     return {
-        "instances_per_s": round(instances / median, 1),
-        "mb_per_s": round(size / median / 1e6, 1),
-        "median_seconds": round(median, 3),
-        "runs_seconds": [round(s, 3) for s in seconds],
+        "instances_per_s": spread([instances / s for s in seconds], 1),
+        "mb_per_s": spread([size / s / 1e6 for s in seconds], 1),
+        "seconds": spread(seconds),
     }
+
+
+def _rates(seconds: list[float], instances: int) -> list[float]:
+    return [instances / s for s in seconds]
 
 
 def _key(n: int) -> str:
@@ -362,12 +370,15 @@ def run(repeats: int = 3) -> dict[str, Any]:
             "benchmark": (
                 f"DICOM ingest: dcmtk storescu (TCP_NODELAY, -pdu 131072) of a {len(files)}-slice "
                 f"512x512 CT study ({size / 1e6:.0f} MB), 1 and 2 parallel associations, "
-                f"median of {repeats} interleaved runs"
+                f"median and range of {repeats} interleaved runs"
             ),
             "instances": len(files),
             "megabytes": round(size / 1e6, 1),
             "adapter_durability": {
-                "adapter": "instance: each instance fsynced (file and folder) before Success",
+                "adapter": (
+                    "instance: each instance durable (data and directory entry: one fsync of "
+                    "a pre-created slot file) before Success"
+                ),
                 "adapter_association": (
                     "association: the association's instances synced (syncfs) before its "
                     "release is answered"
@@ -381,10 +392,25 @@ def run(repeats: int = 3) -> dict[str, Any]:
             result[name] = {k: _figures(v, len(files), size) for k, v in by_n.items()}
         for name in adapters:
             for other in ("orthanc", "storescp"):
-                result[f"ratio_{name}_over_{other}"] = {
-                    k: round(statistics.median(seconds[other][k]) / statistics.median(v), 3)
-                    for k, v in seconds[name].items()
-                }
+                for n in ASSOCIATIONS:
+                    k = _key(n)
+                    result[f"ratio_{name}_over_{other}_{k}"] = ratio_spread(
+                        _rates(seconds[name][k], len(files)), _rates(seconds[other][k], len(files))
+                    )
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    import json
+
+    result = run()
+    out = Path("bench-results")
+    out.mkdir(exist_ok=True)
+    (out / "dicom_ingest.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

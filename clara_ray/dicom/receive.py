@@ -5,11 +5,15 @@ the message's ``data_set`` (a ``BytesIO``) once per P-DATA fragment, in the
 association's DUL thread.  The receiver puts a :class:`StreamedDataset` there
 instead (``PromptDimse.receive_primitive`` in :mod:`clara_ray.dicom.scp.tuning`): at
 the first fragment of a C-STORE request it opens a spool temp file
-(:meth:`~clara_ray.dicom.spool.Spool.create_temp`) and writes the preamble and
-File Meta Information (:mod:`clara_ray.dicom.part10`), then appends each fragment as it comes.  The C-STORE
-handler then finds the whole instance in that file: it checks it through a
-read-only ``mmap`` and gives it its name in the group (one hard link), with no
-copy of the data set in the process.
+(:meth:`~clara_ray.dicom.spool.Spool.create_temp`; with durability ``instance``,
+once the association stored into a group, a free slot of that group: see
+:mod:`clara_ray.dicom.spool.slots`) and writes the preamble and File Meta
+Information (:mod:`clara_ray.dicom.part10`), then appends each fragment as it
+comes.  The C-STORE handler then finds the whole instance in that file: it
+checks it through a read-only ``mmap`` and gives it its name in the group (one
+hard link; a slot first gets its record and one fsync), with no copy of the
+data set in the process (an instance of another group than its slot's is
+copied into one of that group's slots, in the kernel).
 
 A data set larger than ``limit`` bytes stops being written at the fragment that
 crosses it (the file is removed; later fragments are only counted), so the

@@ -199,3 +199,41 @@ def test_supported_contexts_build() -> None:
     contexts = supported_contexts()
     require(len(contexts) > 100, "AllStoragePresentationContexts")
     require(str(contexts[0].abstract_syntax) == "1.2.840.10008.1.1", "build_context")
+
+
+def test_associations_bind_the_standard_handlers_themselves() -> None:
+    assoc = acceptor()
+    bound = [h for h, _ in assoc.get_handlers(evt.EVT_PDU_RECV)]  # type: ignore[misc]
+    require(
+        _handlers.standard_pdu_recv_handler in bound,
+        "Association.__init__ binding the standard handlers (ScpRequestHandler unbinds them)",
+    )
+
+
+def test_dimse_send_msg_encodes_a_store_success_as_the_fast_path_does() -> None:
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+
+    from clara_ray.dicom.scp.tuning import store_success_command
+
+    require(params(DIMSEServiceProvider.send_msg) == ["self", "primitive", "context_id"],
+            "DIMSEServiceProvider.send_msg(primitive, context_id)")  # fmt: skip
+    for message_id, sop in ((1, "1.2.3.4"), (65535, "1.2.826.0.1.3680043.8.498.123456789012345")):
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = message_id
+        rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        rsp.AffectedSOPInstanceUID = sop
+        rsp.Status = 0x0000
+        message = C_STORE_RSP()
+        message.primitive_to_message(rsp)
+        (pdata,) = list(message.encode_msg(1, 16384))
+        ((context_id, pdv),) = pdata.presentation_data_value_list
+        require(
+            context_id == 1 and pdv[:1] == b"\x03" and pdv[1:] == store_success_command(rsp),
+            "the encoding of a C-STORE-RSP command set (PromptDimse.send_msg encodes Success)",
+        )
+        rsp.Status = 0xA700
+        assert store_success_command(rsp) is None  # failures go through pynetdicom
+        rsp.Status = 0x0000
+        rsp.ErrorComment = "x"
+        assert store_success_command(rsp) is None

@@ -13,18 +13,21 @@ layer as pynetdicom keeps them, handed to ``AE.make_server`` (no module patching
   oldest of them (idle sockets cannot lock peers out).  ``ScpRequestHandler``
   builds each association with ``GuardedSocket`` (refuses a PDU whose header
   declares more than ``max(max_pdu, 64 KiB) + 6`` bytes before reading it, and
-  reads with few large ``recv_into`` calls) and the layers below;
+  reads with few large ``recv_into`` calls) and the layers below, without
+  pynetdicom's standard (debug logging) event handlers;
 * :mod:`.acse`: ``PolicyAcse`` applies :func:`~clara_ray.dicom.policy.decide`
   and answers with its A-ASSOCIATE-RJ, or accepts as the called Clara AE title;
   it answers a release only once the association's instances are synced;
 * :mod:`.tuning`: ``AdaptiveDul`` polls faster while an association is busy;
-  ``PromptDimse`` streams each C-STORE data set into a spool temp file as its
-  fragments arrive (:mod:`clara_ray.dicom.receive`), up to ``dicom.max_instance_mb``;
+  ``PromptDimse`` streams each C-STORE data set into a spool temp file (or slot) as
+  its fragments arrive (:mod:`clara_ray.dicom.receive`), up to ``dicom.max_instance_mb``,
+  and encodes plain C-STORE Success responses itself (no pydicom per response);
 * :mod:`.handlers`: the C-STORE handler never decodes the data set: it peeks at
   the encoded bytes of that file, checks the AE title's SOP class filters, and
   returns Success only after :meth:`Spool.store_temp` named the file in its
-  group, fsynced (durability ``instance``) or to be synced before the release
-  is answered (``association``).  The association holds each group it stored
+  group, durable (durability ``instance``: one fsync of a pre-created slot, see
+  :mod:`clara_ray.dicom.spool.slots`) or to be synced before the release is
+  answered (``association``).  The association holds each group it stored
   into open (:class:`~clara_ray.dicom.spool.GroupHolds`) until it ends.
 
 Each association ends with exactly one INFO line (AE titles, peer, counts,

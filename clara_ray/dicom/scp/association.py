@@ -23,7 +23,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 
 from clara_ray.config.dicom import AeTitleConfig, DicomSettings
 from clara_ray.dicom.policy import Rejection
-from clara_ray.dicom.spool import GroupHolds, TempFile
+from clara_ray.dicom.spool import GroupHolds, SlotPool, TempFile
 
 __all__ = ["AssociationRecord", "ScpAssociation", "ScpHost", "StreamOpener"]
 
@@ -47,6 +47,7 @@ class AssociationRecord:
     unsynced: int = 0  # instances acknowledged but not yet synced (durability "association")
     sync_error: str = ""
     holds: GroupHolds = field(default_factory=GroupHolds)  # groups stored into, held open
+    slots: SlotPool = field(default_factory=SlotPool)  # durable slots, settled before holds go
 
 
 class StreamOpener(Protocol):

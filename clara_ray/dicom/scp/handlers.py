@@ -2,7 +2,9 @@
 
 The C-STORE handler never decodes the data set: it peeks at the encoded bytes
 of its spool temp file, checks the AE title's SOP class filters, and returns
-Success only after :meth:`Spool.store_temp` named the file in its group.
+Success only after :meth:`Spool.store_temp` named the file in its group (with
+durability ``instance``, through one of the association's slots: one fsync,
+see :mod:`clara_ray.dicom.spool.slots`).
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ class StoreHandler:
             str(context.transfer_syntax[0]),
             record.calling,
         )
-        temp = self.spool.create_temp(record.ae.ae_title, unplaced=not record.holds)
+        slots = record.slots if self.settings.durability == "instance" else None
+        temp = self.spool.create_temp(record.ae.ae_title, unplaced=not record.holds, slots=slots)
         return temp, header
 
     def _store(
@@ -198,10 +201,9 @@ class StoreHandler:
         group_uid = ids.study_instance_uid if ae.grouping == "study" else ids.series_instance_uid
         durable = self.settings.durability == "instance"
         try:
-            temp.finish(durable)
             stored = self.spool.store_temp(
                 temp, ae.grouping, group_uid, sop_instance, dataset.size,
-                durable=durable, holds=record.holds,
+                durable=durable, holds=record.holds, slots=record.slots if durable else None,
             )  # fmt: skip
             if not durable:  # a duplicate may be another's unsynced copy
                 record.unsynced += 1

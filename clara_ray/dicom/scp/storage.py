@@ -315,6 +315,7 @@ class StorageScp:
         message = assoc.dimse.message
         if message is not None and isinstance(message.data_set, StreamedDataset):
             message.data_set.discard()  # an instance cut short by the association's end
+        r.slots.settle()  # the stored instances' names made durable, before the holds go
         r.holds.release()
         if r.unsynced:  # aborted or dropped: its Success statuses still deserve the disk
             self._sync(assoc)

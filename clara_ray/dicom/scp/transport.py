@@ -15,6 +15,13 @@ import ssl
 import time
 from typing import Any, cast
 
+from pynetdicom import evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
@@ -26,6 +33,12 @@ __all__ = ["GuardedSocket", "ScpRequestHandler", "Server", "shutdown"]
 
 log = logging.getLogger("clara_ray.dicom.scp")  # one logger for the whole receiver
 
+_STANDARD_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
 _ABORT_INVALID_PDU = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])  # A-ABORT, provider, 0x06
 
 
@@ -79,6 +92,9 @@ class ScpRequestHandler(RequestHandler):
         scp = self.server.scp
         host, port = self.client_address[0], int(self.client_address[1])
         assoc = ScpAssociation(self.ae, scp, AssociationRecord(host, port, time.monotonic()))
+        for standard, handler in _STANDARD_HANDLERS:  # debug log formatting per PDU and message
+            if any(h == handler for h, _ in assoc.get_handlers(standard)):  # type: ignore[misc]
+                assoc.unbind(standard, handler)
         assoc.dul = AdaptiveDul(assoc)
         assoc.acse_timeout = assoc.acse_timeout  # the timers live in the DUL: set them again
         assoc.network_timeout = assoc.network_timeout

@@ -25,6 +25,7 @@ from clara_ray.dicom.spool.names import temp_name
 
 __all__ = [
     "META_START",
+    "NO_LINK",
     "TempFile",
     "dataset_size",
     "fsync_dir",
@@ -33,6 +34,7 @@ __all__ = [
     "scandir",
     "stored_dataset_size",
     "syncfs",
+    "unlink_at",
     "unlink_quietly",
     "write_temp",
 ]
@@ -41,17 +43,19 @@ META_START = 132  # preamble and "DICM": the file meta group length element foll
 _LIBC = ctypes.CDLL(None, use_errno=True)
 # Link-less filesystems: fall back to rename (concurrent duplicates then overwrite each other
 # with the same instance, still one file).
-_NO_LINK = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS})
+NO_LINK = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS})
 
 
 @dataclass
 class TempFile:
-    """A new temp file in an AE title's spool folder, open for writing (see Spool.create_temp)."""
+    """A new temp file in an AE title's spool folder, open for writing (see Spool.create_temp),
+    or a free slot of the association's current group (``slots``: see :mod:`.slots`)."""
 
-    dfd: int  # the AE title's folder, open
-    aet: str  # that folder's name
-    name: str
+    dfd: int  # the folder holding it (the AE title's, or the slot's group folder), open
+    aet: str  # the AE title's folder name
+    name: str  # "" once it is the stored instance (a slot keeps its name until settled)
     fd: int  # open for writing; -1 once finished
+    slots: object | None = None  # the group's slots (.slots.GroupSlots) it is one of, if a slot
 
     def finish(self, durable: bool) -> None:
         """Close the file for writing (fsynced first if ``durable``)."""
@@ -70,8 +74,9 @@ class TempFile:
             os.close(self.fd)
             self.fd = -1
         if self.dfd >= 0:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.name, dir_fd=self.dfd)
+            if self.name:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.name, dir_fd=self.dfd)
             os.close(self.dfd)
             self.dfd = -1
 
@@ -144,7 +149,7 @@ def publish(tdfd: int, temp: str, dfd: int, name: str) -> bool:
     except FileExistsError:
         return False
     except OSError as exc:
-        if exc.errno not in _NO_LINK:
+        if exc.errno not in NO_LINK:
             raise
     try:
         os.stat(name, dir_fd=dfd)
@@ -182,3 +187,8 @@ def scandir(path: str) -> list[os.DirEntry[str]]:
 def unlink_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+def unlink_at(dfd: int, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dfd)

@@ -6,7 +6,8 @@ match ``^[0-9.]{1,64}$``.  Nothing else from a data set reaches a file name.
 Group folders are ``<grouping>-<group uid>`` while open and
 ``<grouping>-<group uid>-<closed at, ms>`` once closing; instances are
 ``<sop instance uid>.dcm``; temp files are ``.<random>.tmp``, or
-``.<random>.unplaced.tmp`` while their association has no group yet.
+``.<random>.unplaced.tmp`` while their association has no group yet; slots
+(:mod:`.slots`) are ``.<random>.slot``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ __all__ = [
     "CLOSING_NAME",
     "FILE_NAME",
     "OPEN_NAME",
+    "SLOT_SUFFIX",
     "TEMP_SUFFIX",
     "UNPLACED_SUFFIX",
     "aet_folder",
     "aet_from_folder",
     "check_grouping",
     "check_uid",
+    "slot_name",
     "temp_name",
 ]
 
@@ -37,6 +40,7 @@ CLOSING_NAME = re.compile(r"^(study|series)-([0-9.]{1,64})-([0-9]{1,16})$")
 FILE_NAME = re.compile(r"^[0-9.]{1,64}\.dcm$")
 TEMP_SUFFIX = ".tmp"
 UNPLACED_SUFFIX = ".unplaced.tmp"
+SLOT_SUFFIX = ".slot"
 
 
 def check_uid(field: str, value: str) -> str:
@@ -81,3 +85,7 @@ def aet_from_folder(name: str) -> str | None:
 
 def temp_name(unplaced: bool) -> str:
     return f".{uuid.uuid4().hex}{UNPLACED_SUFFIX if unplaced else TEMP_SUFFIX}"
+
+
+def slot_name() -> str:
+    return f".{uuid.uuid4().hex}{SLOT_SUFFIX}"
