@@ -1,8 +1,12 @@
 """Reference pipelines on a 300-slice 512x512 CT study (157 MB).
 
-* Loading: the series loader (decode, sort, rescale, geometry) against reading
-  the same files' bytes, and against pydicom reading them and stacking the
-  pixel arrays (no sorting, rescale or geometry), warm cache, in one process.
+* Loading: the series loader (decode, sort, rescale, geometry) against the
+  floor (pydicom reading each file, its pixel bytes copied into a preallocated
+  array: no sorting, rescale or geometry), against reading the same files'
+  bytes, and against pydicom reading them and stacking ``pixel_array``; warm
+  cache, in one process, each repeat running every reader once (their order
+  alternating), so the ratios are per repeat.  ``load_figures()`` runs this
+  part alone.
 * Pipelines: each reference pipeline as a real job on a local Ray; its wall
   time from start to end, split into operator compute (time during which at
   least one operator ran, from the Core's records) and platform overhead (the
@@ -15,9 +19,11 @@ import contextlib
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.stats import ratio_spread, spread
 from clara_ray.operators.series_loader import read_series
 from clara_ray.sample import write_sample_study
 
@@ -43,6 +49,24 @@ def _load(files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
+def _floor(files: list[Path]) -> float:
+    """The floor: pydicom reads each file and its pixel bytes go into a preallocated array."""
+    import numpy as np
+    import pydicom
+
+    start = time.perf_counter()
+    out = None
+    for i, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        dtype = "<i2" if ds.PixelRepresentation else "<u2"
+        if out is None:
+            out = np.empty((len(files), rows, columns), dtype)
+        out[i] = np.frombuffer(ds.PixelData, dtype, rows * columns).reshape(rows, columns)
+    assert out is not None and out.shape[0] == len(files)
+    return time.perf_counter() - start
+
+
 def _pydicom_stack(files: list[Path]) -> float:
     """The plain reference: pydicom reads every file and the pixel arrays are stacked."""
     import numpy as np
@@ -52,6 +76,70 @@ def _pydicom_stack(files: list[Path]) -> float:
     stacked = np.stack([pydicom.dcmread(f).pixel_array for f in files])
     assert stacked.shape[0] == len(files)
     return time.perf_counter() - start
+
+
+def _load_runs(
+    files: list[Path], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds per repeat of each reader; one warm-up round first (page cache,
+    allocator).  CPU seconds (user + system of this process) leave out the time spent
+    waiting for a core, which on a shared machine is most of the noise."""
+    readers: dict[str, Callable[[list[Path]], float]] = {
+        "raw": _raw_read,
+        "loader": _load,
+        "floor": _floor,
+        "stack": _pydicom_stack,
+    }
+    for reader in readers.values():
+        reader(files)
+    runs: dict[str, list[float]] = {name: [] for name in readers}
+    cpu: dict[str, list[float]] = {name: [] for name in readers}
+    names = list(readers)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.process_time()
+            runs[name].append(readers[name](files))
+            cpu[name].append(time.process_time() - start)
+    return runs, cpu
+
+
+def _load_section(files: list[Path], repeats: int) -> dict[str, Any]:
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    runs, cpu = _load_runs(files, repeats)
+    return {
+        "repeats": repeats,
+        "series_loader_seconds": spread(runs["loader"]),
+        "floor_seconds": spread(runs["floor"]),
+        "ratio_loader_over_floor": ratio_spread(runs["loader"], runs["floor"]),
+        "series_loader_cpu_seconds": spread(cpu["loader"]),
+        "floor_cpu_seconds": spread(cpu["floor"]),
+        "ratio_loader_over_floor_cpu": ratio_spread(cpu["loader"], cpu["floor"]),
+        "raw_read_seconds": spread(runs["raw"]),
+        "pydicom_read_and_stack_seconds": spread(runs["stack"]),
+        "ratio_loader_over_raw_read": ratio_spread(runs["loader"], runs["raw"]),
+        "ratio_loader_over_pydicom_stack": ratio_spread(runs["loader"], runs["stack"]),
+    }
+
+
+def load_figures(repeats: int = 7, slices: int = 300) -> dict[str, Any]:
+    """The loading part alone, on a fresh sample study of ``slices`` 512x512 slices.
+
+    ``series_loader_seconds`` is :func:`read_series` on the files (sorted
+    names, opened streams); ``floor_seconds`` is pydicom reading each file and
+    copying its pixel bytes into a preallocated (slices, rows, columns) array.
+    Each figure is the median, minimum and maximum over ``repeats`` (wall
+    seconds, and CPU seconds for the loader and the floor), and each ratio is
+    taken per repeat.
+    """
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+        files = sorted(write_sample_study(Path(tmp) / "study", slices=slices))
+        size = sum(f.stat().st_size for f in files)
+        return {
+            "benchmark": f"loading a {slices}x512x512 CT series",
+            "study_mb": round(size / 1e6, 1),
+            **_load_section(files, repeats),
+        }
 
 
 def _busy_seconds(operators: list[dict[str, Any]]) -> float:
@@ -117,24 +205,15 @@ def _pipelines(study: Path, data: Path, repeats: int) -> dict[str, Any]:
         ray.shutdown()
 
 
-def run(repeats: int = 2) -> dict[str, Any]:
+def run(repeats: int = 2, load_repeats: int = 7) -> dict[str, Any]:
+    """Loading figures over ``load_repeats`` rounds, then each pipeline ``repeats`` times."""
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         study = Path(tmp) / "study"
         files = sorted(write_sample_study(study, slices=300))
-        _raw_read(files)  # warm the page cache
-        raw = statistics.median(_raw_read(files) for _ in range(3))
-        load = statistics.median(_load(files) for _ in range(3))
-        stack = statistics.median(_pydicom_stack(files) for _ in range(3))
         size = sum(f.stat().st_size for f in files)
         return {
             "benchmark": "reference pipelines, 300x512x512 CT study",
             "study_mb": round(size / 1e6, 1),
-            "load": {
-                "series_loader_seconds": round(load, 3),
-                "raw_read_seconds": round(raw, 3),
-                "pydicom_read_and_stack_seconds": round(stack, 3),
-                "ratio_loader_over_raw_read": round(load / raw, 2),
-                "ratio_loader_over_pydicom_stack": round(load / stack, 2),
-            },
+            "load": _load_section(files, load_repeats),
             "pipelines": _pipelines(study, Path(tmp) / "data", repeats),
         }

@@ -5,13 +5,18 @@ series and orientation; :func:`load_series` is the operator that picks one
 series out of a payload.  Slices are ordered by their position along the
 slice normal (never by InstanceNumber), gaps and duplicates are errors, and
 the rescale is applied (int16 when it is exact, else float32).  Each file is
-read once; its pixels are decoded straight into a preallocated array.
+read once.  Native little-endian 16-bit slices take a fast path: pydicom
+parses the header only, the pixel bytes go straight from the stream into one
+array per stack (in file order), and the slices are put in order and rescaled
+in place (see :mod:`clara_ray.operators.pixel_read`).  Any other file is read
+whole by pydicom and its pixels decoded by pydicom's decoders.
 """
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -23,6 +28,14 @@ from pydicom.pixels import get_decoder
 
 from clara_ray.context import OperatorContext
 from clara_ray.errors import SeriesError
+from clara_ray.operators.pixel_read import (
+    NativeHeader,
+    Slab,
+    native_header,
+    read_header,
+    read_native_pixels,
+    stored_range,
+)
 from clara_ray.storage import PayloadView
 from clara_ray.volume import InstanceReference, SeriesReference, Volume
 
@@ -52,14 +65,40 @@ _SAME_ORIENTATION_TOL = 1e-4  # within a stack, cosines must agree to this
 _DUPLICATE_TOL_MM = 1e-3
 _GAP_FACTOR = 1.5
 _INT16 = np.iinfo(np.int16)
+_SLAB_CHUNK_BYTES = 1 << 30  # the most a stack's first chunk reserves (pages are touched as read)
+_STREAM_CHUNK_ROWS = 1024  # first chunk when the number of files is not known
+
+
+@dataclass(frozen=True)
+class _Native:
+    """A slice read by the fast path: its header values and where its stored values are."""
+
+    header: NativeHeader
+    header_bytes: bytes  # the file up to its Pixel Data element, parsed again when needed
+    slab: Slab
+    index: int
+    lo: int | None  # None: unsigned, not computed (at least 0)
+    hi: int
 
 
 @dataclass
 class _Slice:
     name: str
-    ds: Dataset
+    series_uid: str
     position: np.ndarray
     orientation: np.ndarray
+    whole: Dataset | None = None  # the pydicom path's dataset
+    native: _Native | None = None  # the fast path's values
+
+    @property
+    def ds(self) -> Dataset:
+        """The dataset (for the fast path: its header, parsed on first use)."""
+        if self.whole is None:
+            assert self.native is not None
+            self.whole = pydicom.dcmread(
+                io.BytesIO(self.native.header_bytes), stop_before_pixels=True
+            )
+        return self.whole
 
 
 @dataclass
@@ -70,6 +109,7 @@ class _Stack:
     modality: str
     orientation: np.ndarray
     slices: list[_Slice] = field(default_factory=list)
+    slab: Slab | None = None  # where its fast-path slices' stored values are, in file order
 
 
 def _unsupported(ds: Dataset) -> str | None:
@@ -101,31 +141,106 @@ def _read_slice(name: str, fp: IO[bytes]) -> _Slice | None:
         return None
     position = np.asarray(ds.ImagePositionPatient, dtype=float)
     orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
-    return _Slice(name, ds, position, orientation)
+    return _Slice(name, str(ds.SeriesInstanceUID), position, orientation, whole=ds)
+
+
+def _find_stack(stacks: list[_Stack], uid: str, orientation: np.ndarray) -> _Stack | None:
+    return next(
+        (
+            g
+            for g in stacks
+            if g.series_uid == uid
+            and np.abs(g.orientation - orientation).max() <= _GROUP_ORIENTATION_TOL
+        ),
+        None,
+    )
+
+
+def _read_into(
+    fp: IO[bytes], header: NativeHeader, header_bytes: bytes, ahead: memoryview, slab: Slab
+) -> _Native | None:
+    """The slice's stored values read into the slab's next row (kept only on success)."""
+    row = slab.claim()
+    if not read_native_pixels(fp, header, row, ahead):
+        return None
+    found = stored_range(row, header)
+    if found is None:
+        return None
+    return _Native(header, header_bytes, slab, slab.commit(), *found)
+
+
+def _first_chunk(files: int | None, rows: int, columns: int) -> int:
+    """Rows of a stack's first slab chunk: room for every file when their number is known,
+    else for a long series (only the rows read are ever touched)."""
+    most = max(1, _SLAB_CHUNK_BYTES // max(1, 2 * rows * columns))
+    return min(_STREAM_CHUNK_ROWS if files is None else max(1, files), most)
+
+
+def _read_native(
+    name: str, fp: IO[bytes], stacks: list[_Stack], files: int | None
+) -> tuple[_Slice, Dataset] | None:
+    """The fast path, and the header it read; None (``fp`` back where it was) when it
+    does not apply to the file."""
+    try:
+        start = fp.tell()
+    except (AttributeError, OSError, ValueError):
+        return None
+    try:
+        read = read_header(fp)
+    except Exception:  # the whole-file read reports it, or reads what this could not
+        read = None
+    header = None if read is None else native_header(read[0])
+    if read is not None and header is not None:
+        # Only the header's bytes are kept (parsed again if needed): thousands of parsed
+        # headers held to the end would cost the garbage collector more than that.
+        ds, header_bytes, ahead = read
+        orientation = np.asarray(header.orientation, dtype=float)
+        stack = _find_stack(stacks, header.series_uid, orientation)
+        slab = stack.slab if stack is not None else None
+        if slab is None:  # the stack's first slab (the stack may be new)
+            slab = Slab(
+                header.rows, header.columns, _first_chunk(files, header.rows, header.columns)
+            )
+        elif slab.shape != (header.rows, header.columns):  # a misfit, reported later
+            slab = Slab(header.rows, header.columns, capacity=1)
+        native = _read_into(fp, header, header_bytes, ahead, slab)
+        if native is not None:
+            position = np.asarray(header.position, dtype=float)
+            return _Slice(name, header.series_uid, position, orientation, native=native), ds
+    fp.seek(start)
+    return None
 
 
 def _scan(files: Iterable[tuple[str, IO[bytes]]]) -> list[_Stack]:
     """Read every file once and group the image slices by series and orientation."""
     stacks: list[_Stack] = []
+    count = len(files) if isinstance(files, Sized) else None
     for name, fp in files:
-        s = _read_slice(name, fp)
+        native = _read_native(name, fp, stacks, count)
+        s, ds = native if native is not None else (_read_slice(name, fp), None)
         if s is None:
             continue
-        uid = str(s.ds.SeriesInstanceUID)
-        stack = next(
-            (
-                g
-                for g in stacks
-                if g.series_uid == uid
-                and np.abs(g.orientation - s.orientation).max() <= _GROUP_ORIENTATION_TOL
-            ),
-            None,
-        )
+        stack = _find_stack(stacks, s.series_uid, s.orientation)
         if stack is None:
-            stack = _Stack(uid, str(s.ds.get("Modality") or ""), s.orientation)
+            header = s.ds if ds is None else ds
+            stack = _Stack(s.series_uid, str(header.get("Modality") or ""), s.orientation)
             stacks.append(stack)
+        if s.native is not None and stack.slab is None:
+            stack.slab = s.native.slab
         stack.slices.append(s)
     return stacks
+
+
+def _size(s: _Slice) -> tuple[int, int]:
+    if s.native is not None:
+        return s.native.header.rows, s.native.header.columns
+    return s.ds.Rows, s.ds.Columns
+
+
+def _pixel_spacing(s: _Slice) -> tuple[float, ...]:
+    if s.native is not None:
+        return s.native.header.pixel_spacing
+    return tuple(s.ds.PixelSpacing)
 
 
 def _check_uniform(stack: _Stack) -> None:
@@ -133,10 +248,12 @@ def _check_uniform(stack: _Stack) -> None:
     first = stack.slices[0]
     for s in stack.slices[1:]:
         for what, a, b in (
-            ("Rows/Columns", (first.ds.Rows, first.ds.Columns), (s.ds.Rows, s.ds.Columns)),
-            ("PixelSpacing", tuple(first.ds.PixelSpacing), tuple(s.ds.PixelSpacing)),
+            ("Rows/Columns", _size(first), _size(s)),
+            ("PixelSpacing", _pixel_spacing(first), _pixel_spacing(s)),
         ):
             if a != b:
+                if what == "PixelSpacing":  # as written in the files
+                    a, b = tuple(first.ds.PixelSpacing), tuple(s.ds.PixelSpacing)
                 raise SeriesError(
                     f"series {stack.series_uid} has mixed {what}: {a} in {first.name}, "
                     f"{b} in {s.name}"
@@ -190,7 +307,7 @@ def _warn_if_sheared(stack: _Stack, slices: list[_Slice], normal: np.ndarray) ->
     """Positions off the normal line (gantry tilt) cannot be described by the volume's geometry."""
     offset = slices[-1].position - slices[0].position
     drift = float(np.linalg.norm(offset - (offset @ normal) * normal))
-    if drift > 0.5 * min(float(v) for v in slices[0].ds.PixelSpacing):
+    if drift > 0.5 * min(float(v) for v in _pixel_spacing(slices[0])):
         logger.warning(
             "series %s: slice positions drift %.2f mm off the slice normal (gantry tilt?); "
             "the volume's geometry follows the normal",
@@ -199,7 +316,10 @@ def _warn_if_sheared(stack: _Stack, slices: list[_Slice], normal: np.ndarray) ->
         )
 
 
-def _rescale(ds: Dataset) -> tuple[float, float]:
+def _rescale(s: _Slice) -> tuple[float, float]:
+    if s.native is not None:
+        return s.native.header.slope, s.native.header.intercept
+    ds = s.ds
     slope = ds.get("RescaleSlope")
     intercept = ds.get("RescaleIntercept")
     return (1.0 if slope is None else float(slope), 0.0 if intercept is None else float(intercept))
@@ -237,13 +357,104 @@ def _decode(ds: Dataset) -> tuple[np.ndarray, int, int]:
     return raw, int(raw.min()), int(raw.max())
 
 
+def _wrap16(value: float) -> np.int16:
+    """An integer as int16 modulo 2**16."""
+    return np.int16(((int(value) + 0x8000) & 0xFFFF) - 0x8000)
+
+
 def _rescale_into(dst: np.ndarray, raw: np.ndarray, slope: float, intercept: float) -> None:
-    """``dst = raw * slope + intercept`` without large temporaries (int16 only when it fits)."""
-    if dst.dtype == np.int16:
+    """``dst = raw * slope + intercept`` without large temporaries (int16 only when it fits).
+
+    16-bit stored values into int16 are computed modulo 2**16: when the result
+    fits int16 (the caller checked) that is the exact result.  ``raw`` may be
+    ``dst`` itself.
+    """
+    if dst.dtype == np.int16 and raw.dtype in (np.dtype(np.int16), np.dtype(np.uint16)):
+        values, m, b = raw.view(np.int16), _wrap16(slope), _wrap16(intercept)
+        if m != 1:
+            np.multiply(values, m, out=dst)
+            if b != 0:
+                np.add(dst, b, out=dst)
+        elif b != 0:
+            np.add(values, b, out=dst)
+        elif values.ctypes.data != dst.ctypes.data or values.strides != dst.strides:
+            np.copyto(dst, values)
+    elif dst.dtype == np.int16:
         values = raw if slope == 1 else np.multiply(raw, np.int32(slope), dtype=np.int32)
         np.add(values, np.int32(intercept), out=dst, dtype=np.int32, casting="unsafe")
     else:
         np.add(np.multiply(raw, slope, dtype=np.float64), intercept, out=dst)
+
+
+def _fits(raw: np.ndarray, lo: int | None, hi: int, slope: float, intercept: float) -> bool:
+    """Whether ``raw * slope + intercept`` fits int16 (``lo`` None: unsigned, not yet known)."""
+    if lo is None:
+        if _fits_int16(0, hi, slope, intercept):
+            return True
+        lo = int(raw.min())
+    return _fits_int16(lo, hi, slope, intercept)
+
+
+def _native_values(native: _Native) -> np.ndarray:
+    """The stored values of a fast-path slice (a view of its slab)."""
+    row = native.slab.row(native.index)
+    return row if native.header.signed else row.view(np.uint16)
+
+
+def _stored(s: _Slice) -> tuple[np.ndarray, int | None, int]:
+    if s.native is not None:
+        return _native_values(s.native), s.native.lo, s.native.hi
+    return _decode(s.ds)
+
+
+def _all_fit(slices: list[_Slice], rescales: list[tuple[float, float]]) -> bool:
+    for s, (slope, intercept) in zip(slices, rescales, strict=True):
+        assert s.native is not None
+        if not _fits(_native_values(s.native), s.native.lo, s.native.hi, slope, intercept):
+            return False
+    return True
+
+
+def _in_place(
+    stack: _Stack, slices: list[_Slice], rescales: list[tuple[float, float]]
+) -> np.ndarray | None:
+    """The int16 volume made in the slab itself: slices permuted into order and rescaled.
+
+    None when that does not apply: a slice not read by the fast path (or into
+    another slab), or rescaled values that do not fit int16.
+    """
+    slab = stack.slab
+    if (
+        slab is None
+        or slab.single() is None
+        or slab.count != len(slices)
+        or any(s.native is None or s.native.slab is not slab for s in slices)
+        or not _all_fit(slices, rescales)
+    ):
+        return None
+    order = [s.native.index for s in slices if s.native is not None]
+    array = slab.single()
+    if array is None:
+        return None
+    done = [False] * len(order)
+    for i in range(len(order)):
+        if done[i]:
+            continue
+        if order[i] == i:
+            done[i] = True
+            _rescale_into(array[i], array[i], *rescales[i])
+            continue
+        # Row j receives slice j (in order), whose values are in row order[j]; follow the cycle.
+        first, j = array[i].copy(), i
+        while True:
+            done[j] = True
+            k = order[j]
+            source = first if k == i else array[k]
+            _rescale_into(array[j], source, *rescales[j])
+            if k == i:
+                break
+            j = k
+    return array
 
 
 def _pixels(stack: _Stack, slices: list[_Slice]) -> np.ndarray:
@@ -252,15 +463,17 @@ def _pixels(stack: _Stack, slices: list[_Slice]) -> np.ndarray:
     int16 when every slope and intercept is an integer and the values fit,
     else float32 (a value that overflows int16 converts what is done so far).
     """
-    rescales = [_rescale(s.ds) for s in slices]
+    rescales = [_rescale(s) for s in slices]
     exact = all(m.is_integer() and b.is_integer() for m, b in rescales)
-    first = slices[0].ds
-    out = np.empty(
-        (len(slices), int(first.Rows), int(first.Columns)), dtype=np.int16 if exact else np.float32
-    )
+    if exact:
+        array = _in_place(stack, slices, rescales)
+        if array is not None:
+            return array
+    rows, columns = _size(slices[0])
+    out = np.empty((len(slices), int(rows), int(columns)), dtype=np.int16 if exact else np.float32)
     for i, (s, (slope, intercept)) in enumerate(zip(slices, rescales, strict=True)):
-        raw, lo, hi = _decode(s.ds)
-        if out.dtype == np.int16 and not _fits_int16(lo, hi, slope, intercept):
+        raw, lo, hi = _stored(s)
+        if out.dtype == np.int16 and not _fits(raw, lo, hi, slope, intercept):
             logger.debug(
                 "series %s: rescaled values overflow int16, using float32", stack.series_uid
             )
@@ -273,6 +486,15 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _instance(s: _Slice) -> InstanceReference:
+    if s.native is not None:
+        header = s.native.header
+        return InstanceReference(header.sop_class_uid, header.sop_instance_uid, path=s.name)
+    return InstanceReference(
+        _text(s.ds.get("SOPClassUID")), _text(s.ds.get("SOPInstanceUID")), path=s.name
+    )
+
+
 def _reference(stack: _Stack, slices: list[_Slice]) -> SeriesReference:
     first = slices[0].ds
     return SeriesReference(
@@ -280,12 +502,7 @@ def _reference(stack: _Stack, slices: list[_Slice]) -> SeriesReference:
         series_instance_uid=stack.series_uid,
         frame_of_reference_uid=_text(first.get("FrameOfReferenceUID")),
         modality=stack.modality,
-        instances=tuple(
-            InstanceReference(
-                _text(s.ds.get("SOPClassUID")), _text(s.ds.get("SOPInstanceUID")), path=s.name
-            )
-            for s in slices
-        ),
+        instances=tuple(_instance(s) for s in slices),
         attributes={k: _text(first.get(k)) for k in PATIENT_STUDY_ATTRIBUTES},
     )
 
@@ -294,7 +511,7 @@ def _assemble(stack: _Stack) -> Volume:
     _check_uniform(stack)
     row, col, normal = _axes(stack.orientation)
     slices, slice_spacing = _sorted_slices(stack, normal)
-    pixel_spacing = slices[0].ds.PixelSpacing
+    pixel_spacing = _pixel_spacing(slices[0])
     return Volume(
         array=_pixels(stack, slices),
         spacing=(slice_spacing, float(pixel_spacing[0]), float(pixel_spacing[1])),
