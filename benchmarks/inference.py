@@ -17,7 +17,6 @@ and range over the rounds, and the per-round ratios Serve over Triton.
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import tempfile
 import threading
@@ -123,8 +122,8 @@ def run(rounds: int = 3, ingress: str = "haproxy") -> dict[str, Any]:
     from clara_ray.serving import ingress_env
     from tests.peer.triton_server import TritonServer, free_port
 
-    work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
-    os.environ.update(ingress_env(ServeSettings(ingress=ingress), work))  # before Ray starts
+    port = free_port()
+    os.environ.update(ingress_env(ServeSettings(ingress=ingress, port=port)))  # before Ray
     os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())  # beside a running platform
     os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
     os.environ["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] = str(free_port())
@@ -148,7 +147,6 @@ def run(rounds: int = 3, ingress: str = "haproxy") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            port = free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             args = InferenceAppArgs(
                 model_repository=str(repository),
@@ -180,7 +178,6 @@ def run(rounds: int = 3, ingress: str = "haproxy") -> dict[str, Any]:
         finally:
             serve.shutdown()
             ray.shutdown()
-            shutil.rmtree(work, ignore_errors=True)
     return {
         "benchmark": (
             f"{MODEL} TorchScript, {len(inputs)} requests of 1x1x128x128 FP32 per round, "
