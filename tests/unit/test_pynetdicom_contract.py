@@ -237,3 +237,38 @@ def test_dimse_send_msg_encodes_a_store_success_as_the_fast_path_does() -> None:
         rsp.Status = 0x0000
         rsp.ErrorComment = "x"
         assert store_success_command(rsp) is None
+
+
+def test_the_acceptor_loop_we_replace_is_pynetdicoms_as_read() -> None:
+    """ScpAssociation._run_reactor is pynetdicom's acceptor loop less its 1 ms sleep per
+    turn: each check it makes is still pynetdicom's, in the same order, so a pynetdicom
+    that changes its loop fails here before it changes behaviour unseen."""
+    import inspect
+
+    from pynetdicom.association import Association
+
+    from clara_ray.dicom.scp.association import ScpAssociation
+    from clara_ray.dicom.scp.tuning import PromptDimse
+
+    theirs = inspect.getsource(Association._run_reactor)
+    ours = inspect.getsource(ScpAssociation._run_reactor)
+    steps = [
+        "self._reactor_checkpoint.wait()",
+        "self.dimse.get_msg(block=False)",
+        "self._serve_request(msg",
+        "self.acse.is_release_requested()",
+        "self.acse.send_release(is_response=True)",
+        "evt.EVT_RELEASED",
+        "self.acse.is_aborted()",
+        "self.dul.receive_pdu(wait=False)",
+        "evt.EVT_ABORTED",
+        "self.dul.is_alive()",
+        "self.dul.idle_timer_expired()",
+        'self.network_timeout_response == "A-RELEASE"',
+    ]
+    for source in (theirs, ours):
+        positions = [source.index(step) for step in steps]
+        assert positions == sorted(positions)
+    assert "time.sleep(0.001)" in theirs
+    assert "sleep" not in ours.split('"""')[-1]
+    assert PromptDimse.waits_for_messages

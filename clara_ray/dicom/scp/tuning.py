@@ -77,7 +77,11 @@ class PromptDimse(DIMSEServiceProvider):
     pynetdicom's acceptor loop sleeps 1 ms, then polls for a decoded message without
     blocking; waiting up to ``_MESSAGE_WAIT`` s for one instead picks each C-STORE up as
     soon as it is decoded (measured here: ~20% more instances/s on one association).
+    With it the association's loop drops pynetdicom's 1 ms sleep per turn
+    (:meth:`~.association.ScpAssociation._run_reactor`).
     """
+
+    waits_for_messages = True
 
     def get_msg(self, block: bool = False) -> tuple[Any, Any]:
         if block:
