@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from clara_ray.dicom.spool.files import (
@@ -199,12 +200,24 @@ class Spool:
         durable: bool,
         holds: GroupHolds | None,
     ) -> bool:
+        return self._in_open_group(
+            aet,
+            folder,
+            name,
+            lambda dfd, path: self._store_in(dfd, path, name, temp, size, durable, holds),
+        )
+
+    def _in_open_group(
+        self, aet: str, folder: str, name: str, store: Callable[[int, Path], bool | None]
+    ) -> bool:
+        """``store(dfd, path)`` in the open group folder, again while the folder was closed
+        under it (``store`` returned None); its answer otherwise."""
         parent = self.incoming / aet
         path = parent / folder
         for _ in range(_STORE_ATTEMPTS):
             dfd = self._open_group(parent, path)
             try:
-                stored = self._store_in(dfd, path, name, temp, size, durable, holds)
+                stored = store(dfd, path)
             finally:
                 os.close(dfd)
             if stored is not None:
@@ -226,27 +239,15 @@ class Spool:
         holds: GroupHolds | None,
         slots: SlotPool,
     ) -> bool:
-        parent = self.incoming / temp.aet
-        path = parent / folder
         current = slots.current
-        if current is not None and current.path == path:
+        if current is not None and current.path == self.incoming / temp.aet / folder:
             # the association holds this folder: it stays the open group until its end
             return self._commit_slot(current, current.dfd, name, temp, size, slots)
-        for _ in range(_STORE_ATTEMPTS):
-            dfd = self._open_group(parent, path)
-            try:
-                stored = self._store_slot_in(dfd, path, name, temp, size, holds, slots)
-            finally:
-                os.close(dfd)
-            if stored is not None:
-                return stored
-            log.debug(
-                "group folder %s/%s closed while storing %s; storing again", temp.aet, folder, name
-            )
-        raise OSError(
-            errno.EAGAIN,
-            f"group folder {temp.aet}/{folder} was closed {_STORE_ATTEMPTS} times while storing "
-            f"{name}",
+        return self._in_open_group(
+            temp.aet,
+            folder,
+            name,
+            lambda dfd, path: self._store_slot_in(dfd, path, name, temp, size, holds, slots),
         )
 
     def _store_slot_in(
