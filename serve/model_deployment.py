@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import ray
 from ray import serve
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from clara_ray.inference.backends import Backend, TorchScriptBackend, TritonBackend
@@ -97,6 +97,15 @@ class ModelDeployment:
             return Response(status_code=200)
         except InferenceError as exc:
             return error_response(exc.status_code, str(exc))
+        except ClientDisconnect:
+            raise  # nobody is left to answer
+        except Exception as exc:
+            log.exception("model %s: %s %s failed", self.name, request.method, request.url.path)
+            return error_response(
+                500,
+                f"model {self.name!r} could not answer {request.method} {request.url.path}: "
+                f"internal error ({type(exc).__name__}); the server log has the details",
+            )
 
     async def _http_infer(self, version: str | None, request: Request) -> Response:
         start = time.perf_counter()
