@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import threading
+import time
+from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
 
@@ -12,13 +15,17 @@ import pydicom
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 from pynetdicom.transport import AssociationSocket
 
+import clara_ray.dicom.scp.tuning as tuning
 from clara_ray.dicom.scp.handlers import StoreHandler
 from tests.peer.dicom_helpers import (
     CT_IMAGE_STORAGE,
     NODELAY_HANDLERS,
+    dataset_part,
     running_scp,
     scp_settings,
     scu_ae,
@@ -169,3 +176,132 @@ def test_an_instance_cut_short_leaves_no_temp_file(tmp_path: Path) -> None:
         wait_until(lambda: not _temp_files(running.spool.root), 10, "the partial file removed")
         assert running.stored_files() == []
         assert _send(running.port, write_study(tmp_path / "small", slices=1, size=32)) == [0]
+
+
+def _count_data_pdus(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How many PDUs the receiver took through :func:`read_data_pdu` (taken) or left."""
+    counts = {"taken": 0, "left": 0}
+    real = tuning.read_data_pdu
+
+    def counted(dul: Any, stream: Any) -> bool:
+        taken = real(dul, stream)
+        counts["taken" if taken else "left"] += 1
+        return taken
+
+    monkeypatch.setattr(tuning, "read_data_pdu", counted)
+    return counts
+
+
+def test_data_set_pdus_go_straight_to_the_spool_file_byte_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts = _count_data_pdus(monkeypatch)
+    paths = write_study(tmp_path / "ct", slices=2, size=512)  # 512 KiB each, in 16 KiB PDUs
+    with running_scp(tmp_path, scp_settings(max_pdu=16384)) as running:
+        assert _send(running.port, paths) == [0, 0]
+        stored = sorted(dataset_part(p) for p in running.stored_files())
+    assert stored == sorted(dataset_part(p) for p in paths)
+    data_pdus = sum(-(-len(dataset_part(p)) // (16384 - 6)) for p in paths)
+    assert counts["taken"] == data_pdus  # every data set PDU, the last ones included
+    assert counts["left"] >= 2  # the command PDUs went through pynetdicom
+
+
+def _raw_c_store(assoc: Any, path: Path, fragment: int, per_pdu: int, message_id: int) -> int:
+    """Send ``path``'s C-STORE over ``assoc``'s socket as raw PDUs carrying ``per_pdu``
+    data set fragments of ``fragment`` bytes each; the response's status."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    context_id = next(
+        cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == CT_IMAGE_STORAGE
+    )
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 2
+    data = dataset_part(path)
+    request.DataSet = BytesIO(data)  # so that the command announces a data set
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    command = encode(message.command_set, True, True)
+
+    def pdv(control: int, value: bytes) -> bytes:
+        return struct.pack(">IB", len(value) + 2, context_id) + bytes([control]) + value
+
+    def pdu(items: list[bytes]) -> bytes:
+        body = b"".join(items)
+        return struct.pack(">BBI", 0x04, 0, len(body)) + body
+
+    pieces = [data[i : i + fragment] for i in range(0, len(data), fragment)]
+    items = [pdv(0x02 if i == len(pieces) - 1 else 0x00, p) for i, p in enumerate(pieces)]
+    raw = cast(socket.socket, cast(AssociationSocket, assoc.dul.socket).socket)
+    assoc._reactor_checkpoint.clear()  # as pynetdicom's own requests: its reactor
+    while not assoc._is_paused:  # must not take the response
+        time.sleep(0.0001)
+    try:
+        raw.sendall(pdu([pdv(0x03, command)]))
+        for start in range(0, len(items), per_pdu):
+            raw.sendall(pdu(items[start : start + per_pdu]))
+        _, response = assoc.dimse.msg_queue.get(timeout=10)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return int(response.Status)
+
+
+def test_pdus_of_several_fragments_land_byte_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts = _count_data_pdus(monkeypatch)
+    paths = write_study(tmp_path / "ct", slices=3, size=128)
+    with running_scp(tmp_path) as running:
+        assoc = scu_ae().associate(
+            "127.0.0.1", running.port, ae_title="CLARA", evt_handlers=NODELAY_HANDLERS
+        )
+        assert assoc.is_established
+        try:
+            statuses = [
+                _raw_c_store(assoc, path, fragment, per_pdu, message_id)
+                for message_id, (path, fragment, per_pdu) in enumerate(
+                    [(paths[0], 4000, 3), (paths[1], 999, 7), (paths[2], 50000, 1)], start=1
+                )
+            ]
+        finally:
+            assoc.release()
+        assert statuses == [0, 0, 0]
+        stored = sorted(dataset_part(p) for p in running.stored_files())
+    assert stored == sorted(dataset_part(p) for p in paths)
+    assert counts["taken"] > 0
+
+
+def test_an_oversized_pdu_in_the_middle_of_a_data_set_aborts_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    (path,) = write_study(tmp_path / "ct", slices=1, size=512)  # 512 KiB in 64 KiB PDUs
+    paused, resume = threading.Event(), threading.Event()
+    sent = {"pdus": 0}
+
+    def pause_midway(event: evt.Event) -> None:
+        if type(event.pdu).__name__ == "P_DATA_TF":
+            sent["pdus"] += 1
+            if sent["pdus"] == 5:  # the command and 4 of the data set's 9 PDUs
+                paused.set()
+                resume.wait(30)
+
+    with running_scp(tmp_path, scp_settings(max_pdu=65536)) as running:
+        assoc = scu_ae().associate(
+            "127.0.0.1", running.port, ae_title="CLARA",
+            evt_handlers=[*NODELAY_HANDLERS, (evt.EVT_PDU_SENT, pause_midway)],
+        )  # fmt: skip
+        sender = threading.Thread(target=assoc.send_c_store, args=(pydicom.dcmread(path),))
+        sender.start()
+        try:
+            assert paused.wait(30)
+            wait_until(lambda: bool(_temp_files(running.spool.root)), 10, "the partial instance")
+            raw = cast(socket.socket, cast(AssociationSocket, assoc.dul.socket).socket)
+            raw.sendall(b"\x04\x00" + struct.pack(">L", 65536 + 7))
+            wait_until(lambda: running.scp.stats()["pdu_refused"] == 1, 10, "the PDU refused")
+        finally:
+            resume.set()
+            sender.join(60)
+            assoc.abort()
+        wait_until(lambda: not _temp_files(running.spool.root), 10, "the partial file removed")
+        assert running.stored_files() == []

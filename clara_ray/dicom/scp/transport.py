@@ -43,22 +43,43 @@ _ABORT_INVALID_PDU = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])  # A-ABORT, 
 
 
 class GuardedSocket(AssociationSocket):
-    """Refuses oversized PDUs before reading them; reads with large ``recv_into`` calls."""
+    """Refuses oversized PDUs before reading them; reads with large ``recv_into`` calls.
+
+    For :func:`~.data_pdus.read_data_pdu` it also reads a PDU's body into one reused
+    buffer (:meth:`recv_reused`) and takes back bytes it read but leaves to pynetdicom
+    (:meth:`unread`), which the next reads return first.
+    """
+
+    streams_data_pdus = True
 
     def __init__(self, assoc: ScpAssociation, client_socket: socket.socket, limit: int) -> None:
         super().__init__(assoc, client_socket=client_socket)
-        self._limit = limit
+        self.limit = limit
         self._refused = False
+        self._unread = bytearray()
+        self._reused = bytearray()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._unread) or bool(super().ready)
+
+    @property
+    def has_unread(self) -> bool:
+        return bool(self._unread)
+
+    def unread(self, data: bytes | bytearray | memoryview) -> None:
+        """Put ``data`` back in front of what is still to be read."""
+        self._unread[:0] = data
 
     def recv(self, nr_bytes: int) -> bytearray:
         sock = self.socket
         if sock is None or self._refused:
             return bytearray()
-        if nr_bytes > self._limit:
+        if nr_bytes > self.limit:
             self._refused = True
             assoc = self.assoc
             if isinstance(assoc, ScpAssociation):
-                assoc.scp._pdu_refused(assoc, nr_bytes, self._limit)
+                assoc.scp._pdu_refused(assoc, nr_bytes, self.limit)
             with contextlib.suppress(OSError):
                 sock.sendall(_ABORT_INVALID_PDU)
                 sock.shutdown(socket.SHUT_RDWR)
@@ -66,13 +87,36 @@ class GuardedSocket(AssociationSocket):
             return bytearray()
         buf = bytearray(nr_bytes)
         view = memoryview(buf)
-        got = 0
-        while got < nr_bytes:
-            n = sock.recv_into(view[got:], nr_bytes - got)
+        got = min(nr_bytes, len(self._unread))
+        if got:
+            view[:got] = self._unread[:got]
+            del self._unread[:got]
+        got = self._fill(sock, view, got)
+        return buf if got == nr_bytes else buf[:got]
+
+    def recv_reused(self, nr_bytes: int) -> memoryview:
+        """The next ``nr_bytes`` (at most :attr:`limit`, none unread), read into this
+        socket's reused buffer: valid until the next call; shorter if the peer closed."""
+        sock = self.socket
+        if sock is None or self._refused or nr_bytes > self.limit or self._unread:
+            raise ValueError(
+                "recv_reused needs an open socket, nothing unread and a PDU within the limit"
+            )
+        if len(self._reused) < nr_bytes:
+            self._reused = bytearray(nr_bytes)  # a new buffer: views of the old one stay valid
+        view = memoryview(self._reused)[:nr_bytes]
+        return view[: self._fill(sock, view, 0)]
+
+    @staticmethod
+    def _fill(sock: Any, view: memoryview, got: int) -> int:
+        """Read into ``view`` from ``got`` on until it is full or the peer closed; the count."""
+        total = len(view)
+        while got < total:
+            n = sock.recv_into(view[got:], total - got)
             if n == 0:  # closed mid-PDU: a short read, which the DUL reports as Evt17
-                return buf[:got]
+                return got
             got += n
-        return buf
+        return got
 
     def _shutdown_socket(self) -> None:
         super()._shutdown_socket()

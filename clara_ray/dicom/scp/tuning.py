@@ -1,6 +1,8 @@
 """Latency tuning of pynetdicom's DUL and DIMSE layers, and streamed C-STORE data sets.
 
-:class:`AdaptiveDul` waits on the socket instead of polling while an association is busy;
+:class:`AdaptiveDul` waits on the socket instead of polling while an association is busy,
+and takes the PDUs that carry only a streamed data set off the socket itself
+(:func:`~.data_pdus.read_data_pdu`);
 :class:`PromptDimse` picks each decoded message up as soon as it is ready,
 gives each C-STORE data set a :class:`~clara_ray.dicom.receive.StreamedDataset`
 and encodes a plain C-STORE Success response itself (:func:`store_success_command`).
@@ -27,6 +29,7 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from clara_ray.dicom.receive import StreamedDataset
 from clara_ray.dicom.scp.association import ScpAssociation
+from clara_ray.dicom.scp.data_pdus import read_data_pdu
 
 __all__ = ["AdaptiveDul", "PromptDimse", "store_success_command"]
 
@@ -196,6 +199,8 @@ class AdaptiveDul(DULServiceProvider):
                     pass
 
     def _read_pdu_data(self) -> None:
-        super()._read_pdu_data()
+        stream = self.socket
+        if not (getattr(stream, "streams_data_pdus", False) and read_data_pdu(self, stream)):  # type: ignore[arg-type]
+            super()._read_pdu_data()
         if self.state_machine.current_state == "Sta6":  # established: data transfer
             self._busy_until = time.monotonic() + _BUSY_WINDOW
