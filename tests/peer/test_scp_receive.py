@@ -22,10 +22,12 @@ from pynetdicom.transport import AssociationSocket
 
 import clara_ray.dicom.scp.tuning as tuning
 from clara_ray.dicom.scp.handlers import StoreHandler
+from clara_ray.dicom.tls import client_ssl_context
 from tests.peer.dicom_helpers import (
     CT_IMAGE_STORAGE,
     NODELAY_HANDLERS,
     dataset_part,
+    make_certificates,
     running_scp,
     scp_settings,
     scu_ae,
@@ -305,3 +307,49 @@ def test_an_oversized_pdu_in_the_middle_of_a_data_set_aborts_and_leaves_nothing(
             assoc.abort()
         wait_until(lambda: not _temp_files(running.spool.root), 10, "the partial file removed")
         assert running.stored_files() == []
+
+
+def _count_direct_sends(monkeypatch: pytest.MonkeyPatch) -> dict[bool, int]:
+    counts = {True: 0, False: 0}
+    real = tuning.AdaptiveDul.send_now
+
+    def counted(self: tuning.AdaptiveDul, pdu: bytes) -> bool:
+        sent = real(self, pdu)
+        counts[sent] += 1
+        return sent
+
+    monkeypatch.setattr(tuning.AdaptiveDul, "send_now", counted)
+    return counts
+
+
+def test_success_responses_leave_from_the_handler_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts = _count_direct_sends(monkeypatch)
+    paths = write_study(tmp_path / "ct", slices=3, size=64)
+    with running_scp(tmp_path) as running:
+        assert _send(running.port, paths) == [0, 0, 0]
+        assert len(running.stored_files()) == 3
+    assert counts == {True: 3, False: 0}
+
+
+def test_over_tls_responses_go_through_the_dul_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts = _count_direct_sends(monkeypatch)
+    certs = make_certificates(tmp_path / "certs")
+    paths = write_study(tmp_path / "ct", slices=2, size=256)
+    with running_scp(tmp_path, scp_settings(tls=certs.tls(), max_pdu=16384)) as running:
+        assoc = scu_ae().associate(
+            "127.0.0.1", running.port, ae_title="CLARA",
+            tls_args=(client_ssl_context(certs.tls()), "localhost"),
+        )  # fmt: skip
+        assert assoc.is_established
+        try:
+            statuses = [int(assoc.send_c_store(pydicom.dcmread(p)).Status) for p in paths]
+        finally:
+            assoc.release()
+        assert statuses == [0, 0]
+        stored = sorted(dataset_part(p) for p in running.stored_files())
+    assert stored == sorted(dataset_part(p) for p in paths)
+    assert counts == {True: 0, False: 2}  # an SSL object never writes while it reads

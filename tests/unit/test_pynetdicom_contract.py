@@ -272,3 +272,44 @@ def test_the_acceptor_loop_we_replace_is_pynetdicoms_as_read() -> None:
     assert "time.sleep(0.001)" in theirs
     assert "sleep" not in ours.split('"""')[-1]
     assert PromptDimse.waits_for_messages
+
+
+def test_data_transfer_actions_the_data_pdu_paths_stand_in_for() -> None:
+    from pynetdicom import fsm
+
+    # read_data_pdu has the effect of DT-2 (Sta6 + Evt10) and AdaptiveDul.send_now of DT-1.
+    require(fsm.TRANSITION_TABLE[("Evt10", "Sta6")] == "DT-2", "TRANSITION_TABLE Sta6 + Evt10")
+    require(fsm.TRANSITION_TABLE[("Evt9", "Sta6")] == "DT-1", "TRANSITION_TABLE Sta6 + Evt9")
+    dt2 = inspect.getsource(fsm.DT_2)
+    require(
+        "dul._recv_pdu.get(False)" in dt2 and "dimse.receive_primitive(" in dt2 and 'return "Sta6"' in dt2,
+        "fsm.DT_2 (a P-DATA indication straight to DIMSE)",
+    )  # fmt: skip
+    dt1 = inspect.getsource(fsm.DT_1)
+    require("dul._send(P_DATA_TF(primitive))" in dt1 and 'return "Sta6"' in dt1, "fsm.DT_1")
+    dul = DULServiceProvider(acceptor())
+    require(isinstance(dul._recv_pdu, queue.Queue), "DULServiceProvider._recv_pdu")
+    require(isinstance(dul.event_queue, queue.Queue), "DULServiceProvider.event_queue")
+    require(params(DULServiceProvider._send) == ["self", "pdu"], "DULServiceProvider._send")
+    require(params(AssociationSocket.send) == ["self", "bytestream"], "AssociationSocket.send")
+
+
+def test_p_data_tf_is_encoded_as_pynetdicom_encodes_it() -> None:
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from clara_ray.dicom.scp.data_pdus import data_fragments, p_data_tf
+
+    for context_id, value in ((1, b"\x03" + bytes(range(200))), (255, b"\x02")):
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.append((context_id, value))
+        encoded = P_DATA_TF(primitive).encode()
+        require(p_data_tf(context_id, value) == encoded, "P_DATA_TF.encode")
+        decoded = P_DATA_TF()
+        decoded.decode(encoded)
+        require(
+            decoded.to_primitive().presentation_data_value_list == [(context_id, value)],
+            "P_DATA_TF.decode",
+        )
+    found = data_fragments(memoryview(p_data_tf(7, b"\x02end")[6:]), 7)
+    assert found is not None and bytes(found[1] or b"") == b"\x02end"

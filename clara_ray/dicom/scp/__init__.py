@@ -18,7 +18,10 @@ layer as pynetdicom keeps them, handed to ``AE.make_server`` (no module patching
 * :mod:`.acse`: ``PolicyAcse`` applies :func:`~clara_ray.dicom.policy.decide`
   and answers with its A-ASSOCIATE-RJ, or accepts as the called Clara AE title;
   it answers a release only once the association's instances are synced;
-* :mod:`.tuning`: ``AdaptiveDul`` polls faster while an association is busy;
+* :mod:`.tuning`: ``AdaptiveDul`` waits on the socket while an association is busy,
+  writes the PDUs that carry only data set fragments straight from one reused read
+  buffer into the spool file (:mod:`.data_pdus`: no pynetdicom PDU objects, copies or
+  state machine for them) and sends a C-STORE Success from the handler's thread;
   ``PromptDimse`` streams each C-STORE data set into a spool temp file (or slot) as
   its fragments arrive (:mod:`clara_ray.dicom.receive`), up to ``dicom.max_instance_mb``,
   and encodes plain C-STORE Success responses itself (no pydicom per response);

@@ -35,7 +35,7 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from clara_ray.dicom.receive import StreamedDataset
 
-__all__ = ["PduStream", "data_fragments", "read_data_pdu"]
+__all__ = ["PduStream", "data_fragments", "p_data_tf", "read_data_pdu"]
 
 _PYNETDICOM_LOG = logging.getLogger("pynetdicom")
 _PDU_HEADER = struct.Struct(">BBI")  # PDU type, reserved, length
@@ -56,6 +56,12 @@ class PduStream(Protocol):
     def recv(self, nr_bytes: int) -> bytearray: ...
     def recv_reused(self, nr_bytes: int) -> memoryview: ...
     def unread(self, data: bytes | bytearray | memoryview) -> None: ...
+
+
+def p_data_tf(context_id: int, value: bytes) -> bytes:
+    """The encoded P-DATA-TF PDU of one presentation data value (control header included)."""
+    item = _ITEM_HEADER.pack(len(value) + 1, context_id) + value
+    return _PDU_HEADER.pack(_P_DATA_TF, 0, len(item)) + item
 
 
 def data_fragments(

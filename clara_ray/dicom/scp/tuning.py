@@ -1,11 +1,14 @@
 """Latency tuning of pynetdicom's DUL and DIMSE layers, and streamed C-STORE data sets.
 
 :class:`AdaptiveDul` waits on the socket instead of polling while an association is busy,
-and takes the PDUs that carry only a streamed data set off the socket itself
-(:func:`~.data_pdus.read_data_pdu`);
+takes the PDUs that carry only a streamed data set off the socket itself, several per turn
+of its loop (:func:`~.data_pdus.read_data_pdu`), and lets a response leave from the
+thread that made it (:meth:`AdaptiveDul.send_now`);
 :class:`PromptDimse` picks each decoded message up as soon as it is ready,
 gives each C-STORE data set a :class:`~clara_ray.dicom.receive.StreamedDataset`
 and encodes a plain C-STORE Success response itself (:func:`store_success_command`).
+Each shortcut is taken only where its effect is exactly pynetdicom's, and
+``tests/unit/test_pynetdicom_contract.py`` pins the pynetdicom code it stands in for.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
 from typing import Any
 
@@ -29,7 +33,7 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from clara_ray.dicom.receive import StreamedDataset
 from clara_ray.dicom.scp.association import ScpAssociation
-from clara_ray.dicom.scp.data_pdus import read_data_pdu
+from clara_ray.dicom.scp.data_pdus import p_data_tf, read_data_pdu
 
 __all__ = ["AdaptiveDul", "PromptDimse", "store_success_command"]
 
@@ -38,6 +42,7 @@ _BUSY_POLL = 0.0001
 _BUSY_WINDOW = 0.25
 _MAX_WAIT = 0.05  # a bound on any wait: nothing is missed for longer if a wake-up were lost
 _LAST_COMMAND_FRAGMENT = b"\x03"
+_SEND_EVENTS = (evt.EVT_PDU_SENT, evt.EVT_DATA_SENT, evt.EVT_FSM_TRANSITION)
 
 
 def _element(element: int, value: bytes) -> bytes:
@@ -96,7 +101,8 @@ class PromptDimse(DIMSEServiceProvider):
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         """Send a plain C-STORE Success response as one P-DATA without pydicom encoding
-        (when nothing listens for sent DIMSE messages); anything else as pynetdicom does."""
+        (when nothing listens for sent DIMSE messages), from this thread where
+        :meth:`AdaptiveDul.send_now` can; anything else as pynetdicom does."""
         command = store_success_command(primitive)
         limit = self.maximum_pdu_size
         if (
@@ -106,9 +112,13 @@ class PromptDimse(DIMSEServiceProvider):
         ):
             super().send_msg(primitive, context_id)
             return
+        value = _LAST_COMMAND_FRAGMENT + command
+        dul = self.dul
+        if isinstance(dul, AdaptiveDul) and dul.send_now(p_data_tf(context_id, value)):
+            return
         pdata = P_DATA()
-        pdata.presentation_data_value_list.append((context_id, _LAST_COMMAND_FRAGMENT + command))
-        self.dul.send_pdu(pdata)
+        pdata.presentation_data_value_list.append((context_id, value))
+        dul.send_pdu(pdata)
 
     def receive_primitive(self, primitive: Any) -> None:
         """Give each new message a :class:`StreamedDataset` to collect its data set in."""
@@ -137,6 +147,7 @@ class AdaptiveDul(DULServiceProvider):
     """
 
     def __init__(self, assoc: Association) -> None:
+        self._send_lock = threading.Lock()
         self._busy_until = 0.0
         self._idle_delay = 0.001
         self._wake_r, self._wake_w = socket.socketpair()
@@ -160,6 +171,32 @@ class AdaptiveDul(DULServiceProvider):
         finally:
             self._wake_r.close()
             self._wake_w.close()
+
+    def send_now(self, pdu: bytes) -> bool:
+        """Send the encoded P-DATA-TF ``pdu`` from the calling thread, as action DT-1
+        (Sta6 + Evt9) would send it from the DUL thread after a hop through its queue.
+
+        False, with nothing sent, unless the association is in data transfer with nothing
+        queued to send before it, on a plain TCP socket (an SSL object must not write
+        while the DUL thread reads), and nothing listens to the PDU, data or state-machine
+        events this skips.  The DUL's own sends take the same lock, so PDUs never interleave.
+        """
+        transport = self.socket
+        if transport is None or isinstance(transport.socket, ssl.SSLSocket):
+            return False
+        with self._send_lock:
+            if (
+                self.state_machine.current_state != "Sta6"
+                or not self.to_provider_queue.empty()
+                or any(self.assoc.get_handlers(event) for event in _SEND_EVENTS)
+            ):
+                return False
+            transport.send(pdu)  # a failure puts Evt17 on the event queue, as DT-1's send
+        return True
+
+    def _send(self, pdu: Any) -> None:
+        with self._send_lock:
+            super()._send(pdu)
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -199,8 +236,22 @@ class AdaptiveDul(DULServiceProvider):
                     pass
 
     def _read_pdu_data(self) -> None:
-        stream = self.socket
-        if not (getattr(stream, "streams_data_pdus", False) and read_data_pdu(self, stream)):  # type: ignore[arg-type]
+        """Read the next PDU; while PDUs of a streamed data set keep coming, read on
+        (pynetdicom's loop takes one PDU per turn) until one is not, something waits
+        to be sent or processed, the thread is told to stop, or nothing is left to read."""
+        stream: Any = self.socket
+        if not getattr(stream, "streams_data_pdus", False):
             super()._read_pdu_data()
+        else:
+            while read_data_pdu(self, stream):
+                if (
+                    self._kill_thread
+                    or not self.event_queue.empty()
+                    or not self.to_provider_queue.empty()
+                    or not stream.ready
+                ):
+                    break
+            else:
+                super()._read_pdu_data()
         if self.state_machine.current_state == "Sta6":  # established: data transfer
             self._busy_until = time.monotonic() + _BUSY_WINDOW
