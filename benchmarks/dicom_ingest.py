@@ -309,7 +309,7 @@ def _fsync_ms(folder: Path, size: int, samples: int = 30) -> float:
     return round(statistics.median(times) * 1e3, 2)
 
 
-def run(repeats: int = 3) -> dict[str, Any]:
+def run(repeats: int = 5) -> dict[str, Any]:
     """Send the study ``repeats`` times per receiver and association count; figures and ratios.
 
     Runs are interleaved (storescp, Orthanc, adapter, for 1 then 2 associations, per round)
