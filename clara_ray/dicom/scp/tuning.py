@@ -148,6 +148,7 @@ class AdaptiveDul(DULServiceProvider):
 
     def __init__(self, assoc: Association) -> None:
         self._send_lock = threading.Lock()
+        self._queued = 0  # primitives handed to send_pdu and not yet sent by _send
         self._busy_until = 0.0
         self._idle_delay = 0.001
         self._wake_r, self._wake_w = socket.socketpair()
@@ -177,16 +178,19 @@ class AdaptiveDul(DULServiceProvider):
         (Sta6 + Evt9) would send it from the DUL thread after a hop through its queue.
 
         False, with nothing sent, unless the association is in data transfer with nothing
-        queued to send before it, on a plain TCP socket (an SSL object must not write
-        while the DUL thread reads), and nothing listens to the PDU, data or state-machine
-        events this skips.  The DUL's own sends take the same lock, so PDUs never interleave.
+        queued to send before it (not even a primitive the DUL thread took off its queue
+        and has not sent yet: ``_queued`` counts them), on a plain TCP socket (an SSL
+        object must not write while the DUL thread reads), and nothing listens to the
+        PDU, data or state-machine events this skips.  The DUL's own sends take the same
+        lock, so PDUs never interleave and responses never overtake one another.
         """
         transport = self.socket
         if transport is None or isinstance(transport.socket, ssl.SSLSocket):
             return False
         with self._send_lock:
             if (
-                self.state_machine.current_state != "Sta6"
+                self._queued
+                or self.state_machine.current_state != "Sta6"
                 or not self.to_provider_queue.empty()
                 or any(self.assoc.get_handlers(event) for event in _SEND_EVENTS)
             ):
@@ -197,8 +201,11 @@ class AdaptiveDul(DULServiceProvider):
     def _send(self, pdu: Any) -> None:
         with self._send_lock:
             super()._send(pdu)
+            self._queued = max(self._queued - 1, 0)
 
     def send_pdu(self, primitive: Any) -> None:
+        with self._send_lock:
+            self._queued += 1
         super().send_pdu(primitive)
         self._wake()
 
