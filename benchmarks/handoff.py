@@ -4,19 +4,23 @@ A 300x512x512 int16 volume (157 MB) goes through a chain of 4 no-op operators.
 Platform: a real job on a local Ray; per-operator overhead is the chain's wall
 time (first no-op start to last no-op end, from the Core's records) / 4.
 Disk (what Clara's containers did through their mounted volumes): per hop,
-write the volume to a file, fsync, read it back.
+write the volume to a file, fsync, read it back.  Each round runs the disk chain, then
+a platform job (after one job that warms the workers); figures are the median and range
+over the rounds, the ratio each round's disk time over its platform time.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.stats import ratio_spread, spread
 
 CHAIN = 4
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +57,9 @@ def _disk_hop(array: np.ndarray, folder: Path) -> float:
     return elapsed
 
 
-def _platform_runs(repeats: int) -> list[float]:
+def _interleaved_runs(repeats: int, disk_run: Callable[[], float]) -> list[tuple[float, float]]:
+    """``repeats`` rounds of (disk chain seconds, platform chain seconds), each round
+    running both sides back to back so that drift in the machine's load hits both."""
     import ray
 
     from clara_ray.client import PlatformClient
@@ -78,29 +84,34 @@ def _platform_runs(repeats: int) -> list[float]:
             (Path(tmp) / "p" / "x").write_text("x")
             pipeline = Path(tmp) / "bench.yaml"
             pipeline.write_text(PIPELINE)
-            spans = []
-            for _ in range(repeats + 1):  # the first run warms the workers
+            rounds = []
+            for i in range(repeats + 1):  # the first platform run warms the workers
+                disk = disk_run() if i else 0.0
                 job = client.create_job(str(pipeline), str(Path(tmp) / "p"), start=True)
                 described = client.wait_job(job.job_id, timeout=600)
                 if described["status"] != "Healthy":
                     raise RuntimeError(f"benchmark job failed: {described['reason']}")
                 ops = {o["name"]: o for o in described["operators"]}
-                spans.append(ops[f"noop{CHAIN}"]["ended_at"] - ops["noop1"]["started_at"])
-            return spans[1:]
+                rounds.append((disk, ops[f"noop{CHAIN}"]["ended_at"] - ops["noop1"]["started_at"]))
+            return rounds[1:]
         finally:
             ray.shutdown()
 
 
-def run(repeats: int = 3) -> dict[str, Any]:
+def run(repeats: int = 5) -> dict[str, Any]:
+    """Each figure per operator, median and range over ``repeats`` interleaved rounds; the
+    ratio is each round's disk time over its platform time."""
     array = np.random.default_rng(0).integers(-1024, 3000, size=(300, 512, 512), dtype=np.int16)
     with tempfile.TemporaryDirectory(dir=ROOT) as folder:
-        disk = [sum(_disk_hop(array, Path(folder)) for _ in range(CHAIN)) for _ in range(repeats)]
-    platform = _platform_runs(repeats)
-    per_op_platform = statistics.median(platform) / CHAIN
-    per_op_disk = statistics.median(disk) / CHAIN
+        rounds = _interleaved_runs(
+            repeats, lambda: sum(_disk_hop(array, Path(folder)) for _ in range(CHAIN))
+        )
+    disk = [d / CHAIN for d, _ in rounds]
+    platform = [p / CHAIN for _, p in rounds]
     return {
         "benchmark": "operator hand-off, 300x512x512 int16 (157 MB), chain of 4 no-op operators",
-        "platform_seconds_per_operator": round(per_op_platform, 4),
-        "disk_seconds_per_operator": round(per_op_disk, 4),
-        "ratio_disk_over_platform": round(per_op_disk / per_op_platform, 2),
+        "repeats": repeats,
+        "platform_seconds_per_operator": spread(platform, 4),
+        "disk_seconds_per_operator": spread(disk, 4),
+        "ratio_disk_over_platform": ratio_spread(disk, platform),
     }
