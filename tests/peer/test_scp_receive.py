@@ -7,6 +7,8 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
@@ -26,6 +28,7 @@ from clara_ray.dicom.tls import client_ssl_context
 from tests.peer.dicom_helpers import (
     CT_IMAGE_STORAGE,
     NODELAY_HANDLERS,
+    RunningScp,
     dataset_part,
     make_certificates,
     running_scp,
@@ -147,34 +150,41 @@ def test_a_large_instance_is_written_in_pieces_as_it_arrives(tmp_path: Path) -> 
         assert len(running.stored_files()) == 1
 
 
-def test_an_instance_cut_short_leaves_no_temp_file(tmp_path: Path) -> None:
-    (path,) = write_study(tmp_path / "ct", slices=1, size=512)
+@contextmanager
+def _sending_paused_midway(running: RunningScp, path: Path, pdus: int) -> Iterator[socket.socket]:
+    """A pynetdicom C-STORE of ``path`` to ``running``, paused after its first ``pdus``
+    P-DATA PDUs (the receiver holds the partial instance): yields the sender's socket."""
     paused, resume = threading.Event(), threading.Event()
     sent = {"pdus": 0}
 
     def pause_midway(event: evt.Event) -> None:
         if type(event.pdu).__name__ == "P_DATA_TF":
             sent["pdus"] += 1
-            if sent["pdus"] == 10:
+            if sent["pdus"] == pdus:
                 paused.set()
                 resume.wait(30)
 
+    assoc = scu_ae().associate(
+        "127.0.0.1", running.port, ae_title="CLARA",
+        evt_handlers=[*NODELAY_HANDLERS, (evt.EVT_PDU_SENT, pause_midway)],
+    )  # fmt: skip
+    sender = threading.Thread(target=assoc.send_c_store, args=(pydicom.dcmread(path),))
+    sender.start()
+    try:
+        assert paused.wait(30)
+        wait_until(lambda: bool(_temp_files(running.spool.root)), 10, "the partial instance")
+        yield cast(socket.socket, cast(AssociationSocket, assoc.dul.socket).socket)
+    finally:
+        resume.set()
+        sender.join(60)
+        assoc.abort()
+
+
+def test_an_instance_cut_short_leaves_no_temp_file(tmp_path: Path) -> None:
+    (path,) = write_study(tmp_path / "ct", slices=1, size=512)
     with running_scp(tmp_path, scp_settings(max_pdu=16384)) as running:
-        assoc = scu_ae().associate(
-            "127.0.0.1", running.port, ae_title="CLARA",
-            evt_handlers=[*NODELAY_HANDLERS, (evt.EVT_PDU_SENT, pause_midway)],
-        )  # fmt: skip
-        sender = threading.Thread(target=assoc.send_c_store, args=(pydicom.dcmread(path),))
-        sender.start()
-        try:
-            assert paused.wait(30)
-            wait_until(lambda: bool(_temp_files(running.spool.root)), 10, "the partial instance")
-            raw = cast(socket.socket, cast(AssociationSocket, assoc.dul.socket).socket)
+        with _sending_paused_midway(running, path, pdus=10) as raw:
             raw.shutdown(socket.SHUT_RDWR)  # the sender goes away mid-instance
-        finally:
-            resume.set()
-            sender.join(60)
-            assoc.abort()
         wait_until(lambda: not _temp_files(running.spool.root), 10, "the partial file removed")
         assert running.stored_files() == []
         assert _send(running.port, write_study(tmp_path / "small", slices=1, size=32)) == [0]
@@ -278,33 +288,11 @@ def test_an_oversized_pdu_in_the_middle_of_a_data_set_aborts_and_leaves_nothing(
     tmp_path: Path,
 ) -> None:
     (path,) = write_study(tmp_path / "ct", slices=1, size=512)  # 512 KiB in 64 KiB PDUs
-    paused, resume = threading.Event(), threading.Event()
-    sent = {"pdus": 0}
-
-    def pause_midway(event: evt.Event) -> None:
-        if type(event.pdu).__name__ == "P_DATA_TF":
-            sent["pdus"] += 1
-            if sent["pdus"] == 5:  # the command and 4 of the data set's 9 PDUs
-                paused.set()
-                resume.wait(30)
-
     with running_scp(tmp_path, scp_settings(max_pdu=65536)) as running:
-        assoc = scu_ae().associate(
-            "127.0.0.1", running.port, ae_title="CLARA",
-            evt_handlers=[*NODELAY_HANDLERS, (evt.EVT_PDU_SENT, pause_midway)],
-        )  # fmt: skip
-        sender = threading.Thread(target=assoc.send_c_store, args=(pydicom.dcmread(path),))
-        sender.start()
-        try:
-            assert paused.wait(30)
-            wait_until(lambda: bool(_temp_files(running.spool.root)), 10, "the partial instance")
-            raw = cast(socket.socket, cast(AssociationSocket, assoc.dul.socket).socket)
+        # after the command and 4 of the data set's 9 PDUs
+        with _sending_paused_midway(running, path, pdus=5) as raw:
             raw.sendall(b"\x04\x00" + struct.pack(">L", 65536 + 7))
             wait_until(lambda: running.scp.stats()["pdu_refused"] == 1, 10, "the PDU refused")
-        finally:
-            resume.set()
-            sender.join(60)
-            assoc.abort()
         wait_until(lambda: not _temp_files(running.spool.root), 10, "the partial file removed")
         assert running.stored_files() == []
 
