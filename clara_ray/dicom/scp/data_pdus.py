@@ -19,7 +19,8 @@ the size limit whose items are all data set fragments on the request's presentat
 context (a last fragment only as the final item), and nothing listens to the PDU, data or
 state-machine events that the path does not raise.  Any other PDU is put back in front of
 the socket's stream (:meth:`~.transport.GuardedSocket.unread`), and pynetdicom reads,
-checks and answers it exactly as before.
+checks and answers it exactly as before.  :func:`p_data_tf` encodes the one-item PDU
+that :meth:`~.tuning.AdaptiveDul.send_now` sends a response in.
 """
 
 from __future__ import annotations
