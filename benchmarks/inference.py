@@ -12,7 +12,10 @@ the platform deploys it (:func:`serve.inference.deploy`), with the Ray
 processes' environment of ``serve.ingress`` (:func:`clara_ray.serving.ingress_env`;
 default ``haproxy``).  Rounds alternate between the servers after a warm-up;
 reported per concurrency and server: requests/s, p50 and p99 latency as median
-and range over the rounds, and the per-round ratios Serve over Triton.
+and range over the rounds, and the per-round ratios Serve over Triton.  Each round
+also drives Triton over KServe v2 gRPC (``tritonclient.grpc``, ``triton_grpc``): its
+throughput over Triton's HTTP says whether a gRPC endpoint would serve tritonclient
+users better than HTTP.
 """
 
 from __future__ import annotations
@@ -43,17 +46,29 @@ def _inputs(count: int) -> list[np.ndarray]:
     return [(body + rng.normal(0, 10, (1, 1, 128, 128))).astype(np.float32) for _ in range(count)]
 
 
-def _drive(url: str, inputs: list[np.ndarray], concurrency: int) -> tuple[float, list[float]]:
-    """Send every input once from ``concurrency`` threads; returns (wall seconds, latencies)."""
+def _client(protocol: str, url: str) -> tuple[Any, Any]:
+    """(tritonclient module, a client of it for ``url``) for ``http`` or ``grpc``."""
+    if protocol == "grpc":
+        import tritonclient.grpc as triton_grpc
+
+        return triton_grpc, triton_grpc.InferenceServerClient(url)
     import tritonclient.http as triton_http
 
+    return triton_http, triton_http.InferenceServerClient(url, network_timeout=300)
+
+
+def _drive(
+    url: str, inputs: list[np.ndarray], concurrency: int, protocol: str = "http"
+) -> tuple[float, list[float]]:
+    """Send every input once from ``concurrency`` threads, each with its own tritonclient of
+    ``protocol`` (``http`` or ``grpc``); returns (wall seconds, latencies)."""
     latencies: list[float] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
     queue = list(range(len(inputs)))
 
     def worker() -> None:
-        client = triton_http.InferenceServerClient(url, network_timeout=300)
+        triton_client, client = _client(protocol, url)
         try:
             while True:
                 with lock:
@@ -61,9 +76,8 @@ def _drive(url: str, inputs: list[np.ndarray], concurrency: int) -> tuple[float,
                         return
                     i = queue.pop()
                 x = inputs[i]
-                inp = triton_http.InferInput("INPUT__0", list(x.shape), "FP32").set_data_from_numpy(
-                    x
-                )
+                inp = triton_client.InferInput("INPUT__0", list(x.shape), "FP32")
+                inp.set_data_from_numpy(x)
                 start = time.perf_counter()
                 client.infer(MODEL, [inp]).as_numpy("OUTPUT__0")
                 elapsed = time.perf_counter() - start
@@ -140,7 +154,7 @@ def run(rounds: int = 3, ingress: str = "haproxy") -> dict[str, Any]:
             "(python -m pipelines.ct_liver_ai.train --out models/liver-seg/1/model.pt --seed 0)"
         )
     inputs = _inputs(max(512, 16 * max(CONCURRENCY)))
-    names = ("serve", "triton")
+    names = ("serve", "triton", "triton_grpc")
     raw: dict[int, dict[str, list[dict[str, float]]]] = {
         c: {n: [] for n in names} for c in CONCURRENCY
     }
@@ -167,13 +181,15 @@ def run(rounds: int = 3, ingress: str = "haproxy") -> dict[str, Any]:
                 urls = {"serve": f"127.0.0.1:{port}", "triton": triton.http_url}
                 outputs = {name: _warm(url, inputs[0]) for name, url in urls.items()}
                 max_diff = float(np.max(np.abs(outputs["serve"] - outputs["triton"])))
+                sides = {**{n: (u, "http") for n, u in urls.items()},
+                         "triton_grpc": (triton.grpc_url, "grpc")}  # fmt: skip
                 for concurrency in CONCURRENCY:
-                    _drive(urls["serve"], inputs[: 4 * concurrency], concurrency)  # connections
-                    _drive(urls["triton"], inputs[: 4 * concurrency], concurrency)
+                    for url, protocol in sides.values():  # connections
+                        _drive(url, inputs[: 4 * concurrency], concurrency, protocol)
                     for _ in range(rounds):
-                        for name, url in urls.items():
+                        for name, (url, protocol) in sides.items():
                             raw[concurrency][name].append(
-                                _figures(*_drive(url, inputs, concurrency))
+                                _figures(*_drive(url, inputs, concurrency, protocol))
                             )
         finally:
             serve.shutdown()
@@ -209,6 +225,10 @@ def _compare(rounds: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
         ),
         "ratio_p99_serve_over_triton": ratio_spread(
             [r["p99_ms"] for r in serve_r], [r["p99_ms"] for r in triton_r]
+        ),
+        "ratio_throughput_triton_grpc_over_triton_http": ratio_spread(
+            [r["requests_per_s"] for r in rounds["triton_grpc"]],
+            [r["requests_per_s"] for r in triton_r],
         ),
     }
 
