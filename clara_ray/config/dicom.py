@@ -209,15 +209,6 @@ class DicomSettings(_Model):
             "with the association's other instances before the release is answered (association)."
         ),
     )
-    page_cache: Literal["drop", "keep"] = Field(
-        "drop",
-        description=(
-            "With durability instance, what becomes of an instance's pages in the page cache "
-            "once it is on disk: dropped (drop: the next instances reuse that memory, which "
-            "measured up to 25% more instances/s; a job then reads the study from disk) or "
-            "left cached for the job that reads the study (keep)."
-        ),
-    )
     max_associations: int = Field(
         32, ge=25, le=1000, description="Concurrent associations per receiver."
     )

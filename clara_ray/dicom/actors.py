@@ -55,7 +55,7 @@ class DicomReceiver:
         keep_patient_data_out_of_logs()
         logging.basicConfig(level=settings.log_level)
         server_ssl = _server_ssl_context(settings)
-        spool = Spool(settings.spool_dir, drop_synced_pages=settings.dicom.page_cache == "drop")
+        spool = Spool(settings.spool_dir)
         count = settings.dicom.receivers
         balancer = (
             ConnectionBalancer(spool.root / "receivers.load", index, count)

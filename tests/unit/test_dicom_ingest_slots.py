@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import signal
 import stat
@@ -274,39 +272,3 @@ def test_a_killed_writer_loses_no_acknowledged_instance(spool: Spool) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=30)
-
-
-def _resident(path: Path) -> list[bool]:
-    """Which of ``path``'s pages are in the page cache (mincore(2) on a private mapping)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    size, page = path.stat().st_size, os.sysconf("SC_PAGE_SIZE")
-    vector = (ctypes.c_ubyte * -(-size // page))()
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as view:
-        start = ctypes.c_char.from_buffer(view)
-        try:
-            if libc.mincore(ctypes.addressof(start), size, vector) != 0:
-                raise OSError(ctypes.get_errno(), "mincore failed")
-        finally:
-            del start
-    return [bool(v & 1) for v in vector]
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="mincore and posix_fadvise: Linux")
-@pytest.mark.parametrize("drop", [True, False])
-def test_a_durable_instance_leaves_the_page_cache_when_asked(tmp_path: Path, drop: bool) -> None:
-    spool = Spool(tmp_path / "spool", drop_synced_pages=drop)
-    slots, holds = SlotPool(), GroupHolds()
-    for i in range(3):
-        assert _store(spool, slots, holds, i, size=200_000)
-    _quiet(slots)
-    stored = spool.files(_group(spool))
-    assert len(stored) == 3
-    for path in stored:
-        cached = _resident(path)
-        assert len(cached) >= 40
-        assert not any(cached) if drop else all(cached)
-    slots.settle()  # zeroes the records: rewrites the start of each file
-    holds.release()
-    for path in stored:
-        assert path.read_bytes() == _data(int(path.name.split(".")[3]), 200_000)

@@ -28,7 +28,6 @@ __all__ = [
     "NO_LINK",
     "TempFile",
     "dataset_size",
-    "drop_cached_pages",
     "fsync_dir",
     "make_dir",
     "publish",
@@ -188,14 +187,6 @@ def scandir(path: str) -> list[os.DirEntry[str]]:
 def unlink_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-def drop_cached_pages(fd: int) -> None:
-    """Ask the kernel to drop ``fd``'s pages from the page cache; only advice, for a file
-    already on disk (a failure, or a platform without it, changes nothing)."""
-    if hasattr(os, "posix_fadvise"):
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def unlink_at(dfd: int, name: str) -> None:

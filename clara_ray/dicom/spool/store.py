@@ -40,7 +40,6 @@ from clara_ray.dicom.spool.files import (
     NO_LINK,
     TempFile,
     dataset_size,
-    drop_cached_pages,
     fsync_dir,
     make_dir,
     publish,
@@ -84,14 +83,8 @@ _STORE_ATTEMPTS = 20
 class Spool:
     """Durable, concurrent-safe storage of received instances, grouped per AE title."""
 
-    def __init__(
-        self, root: Path, *, stale_temp_seconds: float = 600.0, drop_synced_pages: bool = False
-    ) -> None:
-        """``drop_synced_pages``: once an instance is durable in its slot, drop its pages
-        from the page cache, so the next instances' writes reuse that memory instead of
-        taking new pages (``dicom.page_cache``)."""
+    def __init__(self, root: Path, *, stale_temp_seconds: float = 600.0) -> None:
         self.root = Path(root)
-        self.drop_synced_pages = drop_synced_pages
         self.incoming = self.root / "incoming"
         self.closing = self.root / "closing"
         self.stale_temp_seconds = stale_temp_seconds
@@ -311,8 +304,6 @@ class Spool:
             os.close(fd)
             unlink_at(group.dfd, slot)
             raise
-        if self.drop_synced_pages:
-            drop_cached_pages(fd)
         os.close(fd)
         if slots is not None:
             slots.current = group
