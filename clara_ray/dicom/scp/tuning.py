@@ -147,7 +147,7 @@ class AdaptiveDul(DULServiceProvider):
     """
 
     def __init__(self, assoc: Association) -> None:
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.RLock()  # a handler of a sent PDU may send again
         self._queued = 0  # primitives handed to send_pdu and not yet sent by _send
         self._busy_until = 0.0
         self._idle_delay = 0.001
