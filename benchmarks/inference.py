@@ -197,7 +197,8 @@ def run(rounds: int = 3, ingress: str = "haproxy") -> dict[str, Any]:
     return {
         "benchmark": (
             f"{MODEL} TorchScript, {len(inputs)} requests of 1x1x128x128 FP32 per round, "
-            f"tritonclient.http binary; dynamic batching {MAX_BATCH} rows / {DELAY_US} us on "
+            f"tritonclient.http binary (and tritonclient.grpc against Triton's gRPC endpoint); "
+            f"dynamic batching {MAX_BATCH} rows / {DELAY_US} us on "
             f"both; one model instance, CPU, {TORCH_THREADS} torch thread; Serve ingress "
             f"{ingress}; {rounds} alternating rounds per concurrency after warm-up"
         ),

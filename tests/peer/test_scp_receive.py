@@ -264,6 +264,7 @@ def test_pdus_of_several_fragments_land_byte_identical(
 ) -> None:
     counts = _count_data_pdus(monkeypatch)
     paths = write_study(tmp_path / "ct", slices=3, size=128)
+    plan = [(paths[0], 4000, 3), (paths[1], 999, 7), (paths[2], 50000, 1)]  # fragment, per PDU
     with running_scp(tmp_path) as running:
         assoc = scu_ae().associate(
             "127.0.0.1", running.port, ae_title="CLARA", evt_handlers=NODELAY_HANDLERS
@@ -272,16 +273,16 @@ def test_pdus_of_several_fragments_land_byte_identical(
         try:
             statuses = [
                 _raw_c_store(assoc, path, fragment, per_pdu, message_id)
-                for message_id, (path, fragment, per_pdu) in enumerate(
-                    [(paths[0], 4000, 3), (paths[1], 999, 7), (paths[2], 50000, 1)], start=1
-                )
+                for message_id, (path, fragment, per_pdu) in enumerate(plan, start=1)
             ]
         finally:
             assoc.release()
         assert statuses == [0, 0, 0]
         stored = sorted(dataset_part(p) for p in running.stored_files())
     assert stored == sorted(dataset_part(p) for p in paths)
-    assert counts["taken"] > 0
+    fragments = [-(-len(dataset_part(path)) // fragment) for path, fragment, _ in plan]
+    data_pdus = sum(-(-n // per_pdu) for n, (_, _, per_pdu) in zip(fragments, plan, strict=True))
+    assert counts["taken"] == data_pdus  # every PDU of every data set, whatever its items
 
 
 def test_an_oversized_pdu_in_the_middle_of_a_data_set_aborts_and_leaves_nothing(
@@ -295,6 +296,30 @@ def test_an_oversized_pdu_in_the_middle_of_a_data_set_aborts_and_leaves_nothing(
             wait_until(lambda: running.scp.stats()["pdu_refused"] == 1, 10, "the PDU refused")
         wait_until(lambda: not _temp_files(running.spool.root), 10, "the partial file removed")
         assert running.stored_files() == []
+        assert _send(running.port, write_study(tmp_path / "small", slices=1, size=32)) == [0]
+
+
+@pytest.mark.parametrize(
+    "pdu",
+    [
+        b"\x04\x00" + struct.pack(">LIB", 12, 100, 1) + b"\x00" + b"x" * 6,  # item past the PDU
+        b"\x04\x00" + struct.pack(">LIB", 6, 1, 1) + b"\x00",  # item shorter than its header
+        b"\x09\x00" + struct.pack(">L", 4) + b"abcd",  # no such PDU type
+    ],
+    ids=["item-past-the-pdu", "item-length-1", "unknown-pdu-type"],
+)
+def test_a_malformed_pdu_in_the_middle_of_a_data_set_ends_it_and_stores_nothing(
+    tmp_path: Path, pdu: bytes
+) -> None:
+    (path,) = write_study(tmp_path / "ct", slices=1, size=512)
+    with running_scp(tmp_path, scp_settings(max_pdu=65536)) as running:
+        with _sending_paused_midway(running, path, pdus=5) as raw:
+            raw.sendall(pdu)  # left to pynetdicom, which aborts the association
+            raw.settimeout(10)
+            assert raw.recv(1, socket.MSG_PEEK) == b"\x07"  # an A-ABORT PDU comes back
+        wait_until(lambda: not _temp_files(running.spool.root), 10, "the partial file removed")
+        assert running.stored_files() == []
+        assert _send(running.port, write_study(tmp_path / "small", slices=1, size=32)) == [0]
 
 
 def _count_direct_sends(monkeypatch: pytest.MonkeyPatch) -> dict[bool, int]:
